@@ -1,0 +1,29 @@
+//! `shoal-bench`: benchmarks that start real Shoal processes and print figures for
+//! `bench/RESULTS.md`. Benchmarks measure; they never assert timing.
+
+mod meta;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "shoal-bench", about = "Shoal benchmarks (see bench/README.md)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Registry metadata operations per second (create, stat, rename, unlink).
+    Meta(meta::MetaArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Meta(args) => meta::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,42 @@
+//! Real Shoal processes for tests and benchmarks: started on loopback with ports chosen at
+//! run time, in temporary directories, and stopped by PID when their owner is dropped, even
+//! when a test fails half-way.
+
+mod dump;
+mod process;
+mod registry;
+mod wait;
+
+pub use dump::dump_volume;
+pub use process::Process;
+pub use registry::{RegistryCluster, RegistryNode};
+pub use wait::wait_for;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// A port on 127.0.0.1 that was free a moment ago. The caller hands it to a child process
+/// at once; the window in which another process could take it is tiny.
+pub fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The `shoal` binary to run: `$SHOAL_BIN`, else the one next to the running executable
+/// (cargo puts test and bench binaries one directory below it).
+pub fn shoal_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SHOAL_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("shoal");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!(
+        "cannot find the shoal binary near {}; build it (cargo build --release -p shoal-cli) or set SHOAL_BIN",
+        exe.display()
+    )
+}
