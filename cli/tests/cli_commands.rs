@@ -40,9 +40,25 @@ async fn operator_commands_work_end_to_end() {
     let mut cluster = RegistryCluster::start(&binary(), 3, &[]).await.expect("cluster starts");
 
     // Volumes.
-    let created = ok(&cluster, &["volume", "create", "www", "--replicas", "3", "--quota", "10G", "--stripe-width", "2"]);
+    let created = ok(
+        &cluster,
+        &[
+            "volume",
+            "create",
+            "www",
+            "--replicas",
+            "3",
+            "--quota",
+            "10G",
+            "--stripe-width",
+            "2",
+        ],
+    );
     assert!(created.contains("created volume \"www\""), "{created}");
-    ok(&cluster, &["volume", "create", "scratch", "--replicas", "1", "--chunk-size", "1M"]);
+    ok(
+        &cluster,
+        &["volume", "create", "scratch", "--replicas", "1", "--chunk-size", "1M"],
+    );
     let info = json(&cluster, &["volume", "info", "www", "--json"]);
     assert_eq!(info["quota_bytes"], 10u64 << 30);
     assert_eq!(info["replicas"], 3);
@@ -51,13 +67,19 @@ async fn operator_commands_work_end_to_end() {
     assert_eq!(listed.as_array().map(Vec::len), Some(2));
     let table = ok(&cluster, &["volume", "list"]);
     assert!(table.contains("scratch") && table.contains("10.0 GiB"), "{table}");
-    ok(&cluster, &["volume", "quota", "www", "--bytes", "20G", "--inodes", "1000"]);
+    ok(
+        &cluster,
+        &["volume", "quota", "www", "--bytes", "20G", "--inodes", "1000"],
+    );
     let info = json(&cluster, &["volume", "info", "www", "--json"]);
     assert_eq!(info["quota_bytes"], 20u64 << 30);
     assert_eq!(info["quota_inodes"], 1000);
     ok(&cluster, &["volume", "delete", "scratch"]);
     let (success, _, stderr) = shoal(&cluster, &["volume", "delete", "scratch"]);
-    assert!(!success && stderr.contains("ENOENT") && stderr.contains("\"scratch\" does not exist"), "{stderr}");
+    assert!(
+        !success && stderr.contains("ENOENT") && stderr.contains("\"scratch\" does not exist"),
+        "{stderr}"
+    );
     let (success, _, stderr) = shoal(&cluster, &["volume", "create", "no/slash"]);
     assert!(!success && stderr.contains("EINVAL"), "{stderr}");
     let (success, _, stderr) = shoal(&cluster, &["volume", "create", "x", "--quota", "lots"]);
@@ -107,12 +129,20 @@ async fn operator_commands_work_end_to_end() {
     // Starting a node on a data directory that belongs to another id is refused.
     let node1_dir = cluster.node(1).data_dir.clone();
     let output = Command::new(binary())
-        .args(["registry", "--id=7", "--listen=127.0.0.1:0", &format!("--data={}", node1_dir.display())])
+        .args([
+            "registry",
+            "--id=7",
+            "--listen=127.0.0.1:0",
+            &format!("--data={}", node1_dir.display()),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a second process took node 1's directory");
-    assert!(stderr.contains("in use by another registry process") || stderr.contains("belongs to registry node 1"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another registry process") || stderr.contains("belongs to registry node 1"),
+        "{stderr}"
+    );
 
     cluster.stop_all(Duration::from_secs(5));
 }
