@@ -1,7 +1,7 @@
 //! Generates Rust code for Shoal's gRPC contracts with a vendored protoc (no system package).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["shoal/registry.proto"];
+    let protos = ["shoal/registry.proto", "shoal/data.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

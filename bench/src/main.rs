@@ -1,6 +1,7 @@
 //! `shoal-bench`: benchmarks that start real Shoal processes and print figures for
 //! `bench/RESULTS.md`. Benchmarks measure; they never assert timing.
 
+mod data;
 mod meta;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,9 @@ struct Cli {
 enum Command {
     /// Registry metadata operations per second (create, stat, rename, unlink).
     Meta(meta::MetaArgs),
+    /// Data path through the client library beside local disk: sequential 1 MiB write and
+    /// read, 4 KiB random read, at replication 1 and 3.
+    Data(data::DataArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -24,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Meta(args) => meta::run(args).await,
+            Command::Data(args) => data::run(args).await,
         }
     })
 }

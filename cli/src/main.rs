@@ -1,9 +1,12 @@
 //! `shoal`: one binary for every role and every admin task, so one container image serves
 //! every pod and one install serves every node.
 
+mod data_cmd;
+mod files_cmd;
 mod format;
 mod registry_cmd;
 mod status_cmd;
+mod up_cmd;
 mod volume_cmd;
 
 use clap::{Parser, Subcommand};
@@ -28,15 +31,17 @@ pub struct RegistryAddress {
 }
 
 impl RegistryAddress {
-    pub fn client(&self) -> anyhow::Result<shoal_client::RegistryClient> {
-        let addresses = self
-            .registry
+    pub fn addresses(&self) -> Vec<String> {
+        self.registry
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
             .map(str::to_string)
-            .collect::<Vec<_>>();
-        Ok(shoal_client::RegistryClient::new(addresses)?)
+            .collect()
+    }
+
+    pub fn client(&self) -> anyhow::Result<shoal_client::RegistryClient> {
+        Ok(shoal_client::RegistryClient::new(self.addresses())?)
     }
 }
 
@@ -48,6 +53,16 @@ enum Command {
     Volume(volume_cmd::VolumeCommand),
     /// Show the cluster: leader, members, data services, volumes.
     Status(status_cmd::StatusCommand),
+    /// Run a data service.
+    Data(data_cmd::DataCommand),
+    /// Start a complete local Shoal (registry, data services, a volume) under one directory.
+    Up(up_cmd::UpCommand),
+    /// Copy files between local paths and shoal://VOLUME/PATH.
+    Cp(files_cmd::CpCommand),
+    /// List a directory of a volume (shoal://VOLUME/PATH).
+    Ls(files_cmd::LsCommand),
+    /// Write a file of a volume (shoal://VOLUME/PATH) to standard output.
+    Cat(files_cmd::CatCommand),
 }
 
 fn init_logging(default_level: &str) {
@@ -61,7 +76,11 @@ fn init_logging(default_level: &str) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(&cli.command, Command::Registry(command) if command.runs_node());
+    let daemon = match &cli.command {
+        Command::Registry(command) => command.runs_node(),
+        Command::Data(_) | Command::Up(_) => true,
+        _ => false,
+    };
     // openraft narrates every election tick at info level; keep its warnings only.
     init_logging(if daemon { "info,openraft=warn" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -76,6 +95,11 @@ fn main() -> std::process::ExitCode {
             Command::Registry(command) => command.run().await,
             Command::Volume(command) => command.run().await,
             Command::Status(command) => command.run().await,
+            Command::Data(command) => command.run().await,
+            Command::Up(command) => command.run().await,
+            Command::Cp(command) => command.run().await,
+            Command::Ls(command) => command.run().await,
+            Command::Cat(command) => command.run().await,
         }
     });
     match result {

@@ -54,6 +54,9 @@ struct RunArgs {
     /// Shortest Raft election timeout (the longest is twice this).
     #[arg(long, default_value_t = RaftTuning::default().election_timeout_min_ms)]
     election_timeout_ms: u64,
+    /// A data service silent for this long is marked down and leaves its chains.
+    #[arg(long, default_value_t = shoal_registry::node::DEFAULT_DATA_SERVICE_LEASE_MS)]
+    data_service_lease_ms: u64,
 }
 
 #[derive(clap::Subcommand)]
@@ -175,6 +178,7 @@ async fn run_node(args: RunArgs) -> anyhow::Result<()> {
         data_dir,
         bootstrap,
         tuning,
+        data_service_lease_ms: args.data_service_lease_ms,
     };
     let node = shoal_registry::node::start(options).await?;
     println!("shoal registry node {node_id} listening on {}", node.local_address);

@@ -1,14 +1,22 @@
 //! Shoal's client library, shared by the FUSE client, the CSI driver and the CLI.
 //!
+//! [`DataClient`] moves file bytes directly between the caller and the data services;
+//! [`file`] combines it with the registry for writes, reads and truncation.
+//!
 //! [`RegistryClient`] reaches the registry: it finds and remembers the leader, follows a
 //! follower's redirect, and retries failed calls within a deadline. Mutating calls carry a
 //! request id that stays the same across retries, so a retry after a lost reply is answered
 //! from the registry's memory instead of being applied twice.
 
+pub mod chains;
+pub mod data;
 mod error;
+pub mod file;
+pub mod path;
 mod registry;
 mod retry;
 
+pub use data::{DataClient, FileLayout};
 pub use error::ClientError;
 pub use registry::RegistryClient;
 pub use retry::RetryPolicy;

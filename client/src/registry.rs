@@ -373,6 +373,23 @@ impl RegistryClient {
         mutating = true
     );
     rpc!(get_chain_table, admin, pb::Empty, pb::ChainTable, mutating = false);
+    rpc!(
+        chain_sync_done,
+        admin,
+        pb::ChainSyncDoneRequest,
+        pb::ChainTable,
+        mutating = true
+    );
+    rpc!(
+        list_garbage,
+        admin,
+        pb::ListGarbageRequest,
+        pb::GarbageList,
+        mutating = false
+    );
+    rpc!(ack_garbage, admin, pb::AckGarbageRequest, pb::Empty, mutating = true);
+    rpc!(extend_file_raw => extend_file, namespace, pb::ExtendFileRequest, pb::AttrReply, mutating = true);
+    rpc!(assign_layout_raw => assign_layout, namespace, pb::AssignLayoutRequest, pb::AttrReply, mutating = true);
     rpc!(members, admin, pb::Empty, pb::MembersReply, mutating = false);
     rpc!(remove_member_raw => remove_member, admin, pb::RemoveMemberRequest, pb::MembersReply, mutating = true);
     rpc!(status, admin, pb::Empty, pb::StatusReply, mutating = false);
@@ -416,6 +433,25 @@ impl RegistryClient {
     /// Adds a registry node as a voter once it has caught up with the leader's log, which
     /// can take as long as sending it a snapshot: this call waits up to
     /// [`MEMBER_CATCH_UP_TIMEOUT`] per attempt.
+    /// Records that bytes up to `end_offset_bytes` of file `ino` were written.
+    pub async fn extend_file(&self, volume_id: u64, ino: u64, end_offset_bytes: u64) -> Result<pb::Attr, ClientError> {
+        let request = pb::ExtendFileRequest {
+            volume_id,
+            ino,
+            end_offset_bytes,
+        };
+        attr(self.extend_file_raw(request).await?, "extend_file")
+    }
+
+    /// Places a file created before any chain existed; returns its attributes with layout.
+    pub async fn assign_layout(&self, volume_id: u64, ino: u64) -> Result<pb::Attr, ClientError> {
+        attr(
+            self.assign_layout_raw(pb::AssignLayoutRequest { volume_id, ino })
+                .await?,
+            "assign_layout",
+        )
+    }
+
     pub async fn add_member(&self, node_id: u64, address: &str) -> Result<pb::MembersReply, ClientError> {
         let request = pb::AddMemberRequest {
             node_id,

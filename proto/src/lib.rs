@@ -3,13 +3,31 @@
 //! Every crate that talks gRPC depends on this one and nothing else for message types, so
 //! the contract lives in one place. [`errno`] fixes how file-system errors cross the wire.
 
+pub mod checksum;
 pub mod errno;
 pub mod leader;
+
+#[allow(clippy::all, clippy::pedantic)]
+pub mod data {
+    tonic::include_proto!("shoal.data");
+}
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod registry {
     tonic::include_proto!("shoal.registry");
 }
+
+/// Metadata key on a refused data-service request: the chain version the data service
+/// knows. The caller refreshes its chain table from the registry and retries.
+pub const STALE_CHAIN_METADATA_KEY: &str = "shoal-stale-chain";
+
+/// Largest payload of one chunk read or write message.
+pub const MAX_DATA_PAYLOAD_BYTES: usize = 4 << 20;
+
+/// HTTP/2 flow-control windows for data traffic: large enough that one stream can keep a
+/// loopback or LAN link busy with 1 MiB messages.
+pub const DATA_STREAM_WINDOW_BYTES: u32 = 8 << 20;
+pub const DATA_CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
 /// Largest gRPC message any Shoal service accepts. Chunk writes are at most 1 MiB of payload;
 /// snapshot pieces are smaller. The margin covers headers and checksums.

@@ -7,7 +7,9 @@
 use serde::{Deserialize, Serialize};
 use shoal_proto::errno::FsError;
 
-use crate::records::{DataServiceRecord, DataServiceState, DiskRecord, FileType, Inode, VolumeRecord, VolumeUsage};
+use crate::records::{
+    ChainRecord, DataServiceRecord, DataServiceState, DiskRecord, FileType, Inode, VolumeRecord, VolumeUsage,
+};
 
 /// A time to set on an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +89,15 @@ pub enum NamespaceOp {
         ino: u64,
         name: Vec<u8>,
     },
+    /// Bytes up to `end_offset_bytes` were written: grow the size to it (never shrink).
+    ExtendFile {
+        ino: u64,
+        end_offset_bytes: u64,
+    },
+    /// Give a regular file created before any chain existed its layout.
+    AssignLayout {
+        ino: u64,
+    },
 }
 
 /// Settings of a new volume; zero fields take defaults.
@@ -135,6 +146,18 @@ pub enum Command {
         id: u64,
         state: DataServiceState,
     },
+    /// A syncing chain target has been filled by its predecessor.
+    ChainSyncDone {
+        chain_id: u64,
+        chain_version: u64,
+        data_service_id: u64,
+    },
+    /// A data service removed the chunks of these deleted files and volumes.
+    AckGarbage {
+        data_service_id: u64,
+        files: Vec<(u64, u64)>,
+        volumes: Vec<u64>,
+    },
 }
 
 impl Command {
@@ -152,6 +175,8 @@ impl Command {
                 NamespaceOp::Rename { .. } => "rename",
                 NamespaceOp::SetXattr { .. } => "setxattr",
                 NamespaceOp::RemoveXattr { .. } => "removexattr",
+                NamespaceOp::ExtendFile { .. } => "extend-file",
+                NamespaceOp::AssignLayout { .. } => "assign-layout",
             },
             Command::CreateVolume { .. } => "create-volume",
             Command::DeleteVolume { .. } => "delete-volume",
@@ -159,6 +184,8 @@ impl Command {
             Command::RegisterDataService { .. } => "register-data-service",
             Command::UpdateDataServiceDisks { .. } => "update-data-service-disks",
             Command::SetDataServiceState { .. } => "set-data-service-state",
+            Command::ChainSyncDone { .. } => "chain-sync-done",
+            Command::AckGarbage { .. } => "ack-garbage",
         }
     }
 }
@@ -219,6 +246,7 @@ pub enum Outcome {
     Renamed { replaced: Option<(u64, u32)> },
     Volume(VolumeInfo),
     DataService(DataServiceRecord),
+    Chain(ChainRecord),
 }
 
 /// What the state machine answers for one log entry. Errors are part of the replicated

@@ -76,6 +76,9 @@ pub fn chain_prefix() -> Vec<u8> {
 pub fn chain_set(replicas: u32) -> Vec<u8> {
     with_tag(CLUSTER_CHAIN_SET, &[&replicas.to_be_bytes()])
 }
+pub fn deleted_volume_prefix() -> Vec<u8> {
+    vec![CLUSTER_DELETED_VOLUME]
+}
 /// A deleted volume whose chunks the data services still have to drop.
 pub fn deleted_volume(volume_id: u64) -> Vec<u8> {
     with_tag(CLUSTER_DELETED_VOLUME, &[&volume_id.to_be_bytes()])
@@ -161,6 +164,9 @@ pub fn xattr_prefix(volume_id: u64, ino: u64) -> Vec<u8> {
 /// The name part of an xattr key built with `xattr_prefix`.
 pub fn xattr_name(prefix_len: usize, key: &[u8]) -> &[u8] {
     &key[prefix_len..]
+}
+pub fn garbage_prefix(volume_id: u64) -> Vec<u8> {
+    ns_key(volume_id, NS_GARBAGE, &[])
 }
 pub fn garbage(volume_id: u64, ino: u64) -> Vec<u8> {
     ns_key(volume_id, NS_GARBAGE, &[&ino.to_be_bytes()])

@@ -49,7 +49,12 @@ pub struct NodeOptions {
     pub data_dir: PathBuf,
     pub bootstrap: Bootstrap,
     pub tuning: RaftTuning,
+    /// A data service that has not heartbeaten for this long is marked down.
+    pub data_service_lease_ms: u64,
 }
+
+/// Default data-service lease: ten heartbeats.
+pub const DEFAULT_DATA_SERVICE_LEASE_MS: u64 = 10_000;
 
 /// How long a joining node keeps asking the cluster to add it.
 const JOIN_DEADLINE_MS: u64 = 120_000;
@@ -104,12 +109,14 @@ pub struct RunningNode {
     pub local_address: SocketAddr,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop: tokio::sync::oneshot::Sender<()>,
+    stop_background: tokio::sync::watch::Sender<bool>,
     _lock: fs::File,
 }
 
 impl RunningNode {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
+        let _ = self.stop_background.send(true);
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }
@@ -148,6 +155,13 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<RunningNode> {
         liveness: Arc::default(),
     };
 
+    let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::service::liveness::run_failure_detector(
+        core.clone(),
+        options.data_service_lease_ms,
+        background_stopped,
+    ));
+
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
@@ -185,6 +199,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<RunningNode> {
         local_address,
         server,
         stop,
+        stop_background,
         _lock: lock,
     })
 }

@@ -174,12 +174,33 @@ impl Record for DataServiceRecord {
     const NAME: &'static str = "data service";
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTarget {
+    pub data_service_id: u64,
+    /// False while the target is being filled from its predecessor.
+    pub serving: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainRecord {
     pub id: u64,
+    /// Bumped on every change of `targets`.
     pub version: u64,
-    /// Data service ids, head first.
-    pub targets: Vec<u64>,
+    /// Copies the chain is meant to hold.
+    pub replicas: u32,
+    /// Head first.
+    pub targets: Vec<ChainTarget>,
+    /// Former targets that are down; they rejoin at the tail when they return.
+    pub missing: Vec<u64>,
+    /// Some file's layout names this chain. Chains nobody uses yet hold no data, so the
+    /// registry may rearrange them freely to keep the table balanced.
+    pub used: bool,
+}
+
+impl ChainRecord {
+    pub fn has_target(&self, data_service_id: u64) -> bool {
+        self.targets.iter().any(|t| t.data_service_id == data_service_id)
+    }
 }
 impl Record for ChainRecord {
     const NAME: &'static str = "chain";
@@ -199,6 +220,8 @@ impl Record for ChainSet {
 pub struct DeletedVolume {
     pub id: u64,
     pub name: String,
+    /// Data services that have removed the volume's chunks.
+    pub acked_by: Vec<u64>,
 }
 impl Record for DeletedVolume {
     const NAME: &'static str = "deleted volume";
@@ -211,6 +234,8 @@ pub struct GarbageRecord {
     pub layout: Layout,
     pub size_bytes: u64,
     pub deleted_ns: i64,
+    /// Data services that have removed the file's chunks.
+    pub acked_by: Vec<u64>,
 }
 impl Record for GarbageRecord {
     const NAME: &'static str = "garbage";

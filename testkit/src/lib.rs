@@ -2,11 +2,13 @@
 //! run time, in temporary directories, and stopped by PID when their owner is dropped, even
 //! when a test fails half-way.
 
+mod data;
 mod dump;
 mod process;
 mod registry;
 mod wait;
 
+pub use data::{DataServiceProcess, ShoalCluster};
 pub use dump::dump_volume;
 pub use process::Process;
 pub use registry::{RegistryCluster, RegistryNode};

@@ -71,6 +71,7 @@ pub(super) fn register(
             record.state = DataServiceState::Up;
         }
         txn.put_record(SPACE_CLUSTER, keys::data_service(id), &record);
+        reconcile_chains(txn, &record)?;
         return Ok(record);
     }
     if count(txn.base())? >= MAX_DATA_SERVICES {
@@ -95,7 +96,25 @@ pub(super) fn register(
     };
     txn.put_record(SPACE_CLUSTER, keys::data_service(id), &record);
     txn.put(SPACE_CLUSTER, keys::data_service_uuid(uuid), encode_u64(id));
+    reconcile_chains(txn, &record)?;
     Ok(record)
+}
+
+/// Every data service as this command leaves it (`changed` overrides the stored copy).
+pub(super) fn services_after(txn: &Txn<'_>, changed: Option<&DataServiceRecord>) -> NsResult<Vec<DataServiceRecord>> {
+    let mut services = list_data_services(txn.base()).map_err(NsError::Fs)?;
+    if let Some(changed) = changed {
+        match services.iter_mut().find(|s| s.id == changed.id) {
+            Some(existing) => *existing = changed.clone(),
+            None => services.push(changed.clone()),
+        }
+    }
+    Ok(services)
+}
+
+fn reconcile_chains(txn: &mut Txn<'_>, changed: &DataServiceRecord) -> NsResult<()> {
+    let services = services_after(txn, Some(changed))?;
+    super::chains::reconcile(txn, &services)
 }
 
 pub(super) fn update_disks(txn: &mut Txn<'_>, id: u64, disks: &[DiskRecord]) -> NsResult<DataServiceRecord> {
@@ -114,8 +133,12 @@ pub(super) fn set_state(txn: &mut Txn<'_>, id: u64, state: DataServiceState) -> 
             format!("data service {id} was removed; removal is final"),
         ));
     }
+    let changed = record.state != state;
     record.state = state;
     txn.put_record(SPACE_CLUSTER, keys::data_service(id), &record);
+    if changed {
+        reconcile_chains(txn, &record)?;
+    }
     Ok(record)
 }
 

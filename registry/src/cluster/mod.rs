@@ -4,10 +4,12 @@
 
 mod chains;
 mod data_services;
+mod garbage;
 mod volumes;
 
 pub use chains::{ChainTable, chain_table, select_layout};
 pub use data_services::{cluster_free_bytes, data_service, list_data_services};
+pub use garbage::{GarbageList, list_garbage};
 pub use volumes::{list_volumes, volume_by_name, volume_info};
 
 use crate::command::{Command, Outcome};
@@ -37,6 +39,19 @@ pub fn apply(txn: &mut Txn<'_>, now_ns: i64, command: &Command) -> NsResult<Outc
         Command::SetDataServiceState { id, state } => {
             data_services::set_state(txn, *id, *state).map(Outcome::DataService)
         }
+        Command::ChainSyncDone {
+            chain_id,
+            chain_version,
+            data_service_id,
+        } => {
+            let services = data_services::services_after(txn, None)?;
+            chains::sync_done(txn, &services, *chain_id, *chain_version, *data_service_id).map(Outcome::Chain)
+        }
+        Command::AckGarbage {
+            data_service_id,
+            files,
+            volumes,
+        } => garbage::ack(txn, *data_service_id, files, volumes).map(|()| Outcome::Done),
     }
 }
 

@@ -128,6 +128,7 @@ pub(super) fn delete(txn: &mut Txn<'_>, name: &str) -> NsResult<()> {
     let deleted = DeletedVolume {
         id,
         name: name.to_string(),
+        acked_by: Vec::new(),
     };
     txn.put_record(SPACE_CLUSTER, keys::deleted_volume(id), &deleted);
     Ok(())

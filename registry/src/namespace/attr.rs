@@ -72,6 +72,64 @@ impl Namespace<'_, '_> {
         Ok(InodeAttr { ino, inode })
     }
 
+    /// Records a write that ended at `end_offset_bytes`: the size grows to it if larger,
+    /// and the file's data changed, so mtime and ctime are now.
+    pub(super) fn extend_file(&mut self, ino: u64, end_offset_bytes: u64) -> NsResult<InodeAttr> {
+        let mut inode = self.regular_file(ino)?;
+        if end_offset_bytes > MAX_FILE_SIZE_BYTES {
+            return Err(NsError::fs(
+                Errno::EFBIG,
+                format!(
+                    "a write ending at {end_offset_bytes} bytes exceeds the largest file Shoal stores ({MAX_FILE_SIZE_BYTES} bytes)"
+                ),
+            ));
+        }
+        if end_offset_bytes > inode.size_bytes {
+            self.charge_bytes(inode.size_bytes, end_offset_bytes)?;
+            inode.size_bytes = end_offset_bytes;
+        }
+        inode.mtime_ns = self.now_ns;
+        inode.ctime_ns = self.now_ns;
+        self.store_inode(ino, &inode);
+        Ok(InodeAttr { ino, inode })
+    }
+
+    /// Places a regular file that was created before any chain existed.
+    pub(super) fn assign_layout(&mut self, ino: u64) -> NsResult<InodeAttr> {
+        let mut inode = self.regular_file(ino)?;
+        let placed = inode.layout.as_ref().is_some_and(|layout| !layout.chain_ids.is_empty());
+        if !placed {
+            let layout = crate::cluster::select_layout(self.txn, &self.volume.clone(), ino)?;
+            if layout.chain_ids.is_empty() {
+                return Err(NsError::fs(
+                    Errno::ENOSPC,
+                    format!(
+                        "volume {:?} needs chains of {} data services and the cluster has none yet; start data services",
+                        self.volume.name, self.volume.replicas
+                    ),
+                ));
+            }
+            inode.layout = Some(layout);
+            self.store_inode(ino, &inode);
+        }
+        Ok(InodeAttr { ino, inode })
+    }
+
+    fn regular_file(&self, ino: u64) -> NsResult<crate::records::Inode> {
+        let inode = self.inode(ino)?;
+        if inode.file_type != FileType::Regular {
+            return Err(NsError::fs(
+                if inode.file_type == FileType::Directory {
+                    Errno::EISDIR
+                } else {
+                    Errno::EINVAL
+                },
+                format!("volume {}: inode {ino} is not a regular file", self.volume_id()),
+            ));
+        }
+        Ok(inode)
+    }
+
     fn resolve(&self, time: TimeSet) -> i64 {
         match time {
             TimeSet::Now => self.now_ns,

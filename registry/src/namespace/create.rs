@@ -142,7 +142,7 @@ impl Namespace<'_, '_> {
             }
         }
         let layout = if new.file_type == FileType::Regular {
-            Some(select_layout(self.txn, &self.volume, ino)?)
+            Some(select_layout(self.txn, &self.volume.clone(), ino)?)
         } else {
             None
         };

@@ -138,6 +138,8 @@ pub fn apply(txn: &mut Txn<'_>, volume_id: u64, now_ns: i64, op: &NamespaceOp) -
             flags,
         } => ns.setxattr(*ino, name, value, *flags).map(|()| Outcome::Done),
         NamespaceOp::RemoveXattr { ino, name } => ns.removexattr(*ino, name).map(|()| Outcome::Done),
+        NamespaceOp::ExtendFile { ino, end_offset_bytes } => ns.extend_file(*ino, *end_offset_bytes).map(Outcome::Attr),
+        NamespaceOp::AssignLayout { ino } => ns.assign_layout(*ino).map(Outcome::Attr),
     }
 }
 

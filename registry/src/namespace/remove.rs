@@ -123,11 +123,16 @@ impl Namespace<'_, '_> {
         if inode.file_type == FileType::Regular {
             self.charge_bytes(inode.size_bytes, 0)?;
             let layout = inode.layout.clone().expect("regular files have a layout");
+            if layout.chain_ids.is_empty() {
+                // Never placed: no chunk of it exists anywhere.
+                return Ok(());
+            }
             let garbage = GarbageRecord {
                 ino,
                 layout,
                 size_bytes: inode.size_bytes,
                 deleted_ns: self.now_ns,
+                acked_by: Vec::new(),
             };
             self.txn
                 .put_record(SPACE_NAMESPACE, keys::garbage(volume_id, ino), &garbage);

@@ -13,7 +13,7 @@ use super::membership::MembershipChanges;
 use super::{RegistryCore, request_id};
 use crate::cluster;
 use crate::command::{Command, Outcome, VolumeSpec};
-use crate::records::DataServiceRecord;
+use crate::records::{DataServiceRecord, DataServiceState};
 
 pub struct AdminService {
     core: RegistryCore,
@@ -49,6 +49,38 @@ impl AdminService {
     fn data_service_wire(&self, record: &DataServiceRecord) -> pb::DataService {
         data_service_to_wire(record, self.core.liveness.age_ms(record.id))
     }
+}
+
+/// Capacity reports go through the log only when they matter: a disk added, removed, its
+/// health changed, or its free space moved by more than 1% of its capacity. Otherwise every
+/// heartbeat would be a log write.
+fn disks_changed_materially(old: &[crate::records::DiskRecord], new: &[crate::records::DiskRecord]) -> bool {
+    if old.len() != new.len() {
+        return true;
+    }
+    old.iter().zip(new).any(|(a, b)| {
+        a.path != b.path
+            || a.healthy != b.healthy
+            || a.capacity_bytes != b.capacity_bytes
+            || a.free_bytes.abs_diff(b.free_bytes) > b.capacity_bytes / 100
+    })
+}
+
+/// The chain table with the addresses of the data services it names.
+fn chain_table_wire(read: &dyn shoal_engine::KvRead) -> Result<pb::ChainTable, Status> {
+    let table = cluster::chain_table(read)?;
+    let services = cluster::list_data_services(read)?;
+    Ok(pb::ChainTable {
+        version: table.version,
+        chains: table.chains.iter().map(chain_to_wire).collect(),
+        data_services: services
+            .iter()
+            .map(|s| pb::DataServiceAddress {
+                id: s.id,
+                address: s.address.clone(),
+            })
+            .collect(),
+    })
 }
 
 #[tonic::async_trait]
@@ -126,12 +158,20 @@ impl Admin for AdminService {
         let r = request.get_ref();
         let record = cluster::data_service(state.as_ref(), r.id)?;
         self.core.liveness.record(r.id);
-        let disks: Vec<_> = r.disks.iter().map(disk_from_wire).collect();
-        if disks != record.disks {
-            let command = Command::UpdateDataServiceDisks { id: r.id, disks };
-            self.data_service_command(&request, command).await?;
+        if record.state == DataServiceState::Down {
+            tracing::info!(data_service = r.id, "data service is heartbeating again; marking it up");
+            let command = Command::SetDataServiceState {
+                id: r.id,
+                state: DataServiceState::Up,
+            };
+            self.core.propose(command, None).await?;
         }
-        let table = cluster::chain_table(state.as_ref())?;
+        let disks: Vec<_> = r.disks.iter().map(disk_from_wire).collect();
+        if disks_changed_materially(&record.disks, &disks) {
+            let command = Command::UpdateDataServiceDisks { id: r.id, disks };
+            self.core.propose(command, None).await?;
+        }
+        let table = cluster::chain_table(self.core.state.engine().as_ref())?;
         Ok(Response::new(pb::HeartbeatReply {
             chain_table_version: table.version,
         }))
@@ -163,11 +203,49 @@ impl Admin for AdminService {
 
     async fn get_chain_table(&self, request: Request<pb::Empty>) -> Result<Response<pb::ChainTable>, Status> {
         let state = self.core.read_barrier(&request).await?;
-        let table = cluster::chain_table(state.as_ref())?;
-        Ok(Response::new(pb::ChainTable {
-            version: table.version,
-            chains: table.chains.iter().map(chain_to_wire).collect(),
+        Ok(Response::new(chain_table_wire(state.as_ref())?))
+    }
+
+    async fn chain_sync_done(
+        &self,
+        request: Request<pb::ChainSyncDoneRequest>,
+    ) -> Result<Response<pb::ChainTable>, Status> {
+        let r = request.get_ref();
+        let command = Command::ChainSyncDone {
+            chain_id: r.chain_id,
+            chain_version: r.chain_version,
+            data_service_id: r.data_service_id,
+        };
+        self.core.propose(command, request_id(&request)?).await?;
+        Ok(Response::new(chain_table_wire(self.core.state.engine().as_ref())?))
+    }
+
+    async fn list_garbage(
+        &self,
+        request: Request<pb::ListGarbageRequest>,
+    ) -> Result<Response<pb::GarbageList>, Status> {
+        let state = self.core.read_barrier(&request).await?;
+        let r = request.get_ref();
+        let list = cluster::list_garbage(state.as_ref(), r.data_service_id, r.max_entries as usize)?;
+        Ok(Response::new(pb::GarbageList {
+            files: list
+                .files
+                .into_iter()
+                .map(|(volume_id, ino)| pb::FileRef { volume_id, ino })
+                .collect(),
+            volumes: list.volumes,
         }))
+    }
+
+    async fn ack_garbage(&self, request: Request<pb::AckGarbageRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.get_ref();
+        let command = Command::AckGarbage {
+            data_service_id: r.data_service_id,
+            files: r.files.iter().map(|f| (f.volume_id, f.ino)).collect(),
+            volumes: r.volumes.clone(),
+        };
+        self.core.propose(command, request_id(&request)?).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn members(&self, request: Request<pb::Empty>) -> Result<Response<pb::MembersReply>, Status> {

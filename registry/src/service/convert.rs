@@ -135,6 +135,15 @@ pub fn chain_to_wire(chain: &ChainRecord) -> pb::Chain {
     pb::Chain {
         id: chain.id,
         version: chain.version,
-        targets: chain.targets.clone(),
+        targets: chain
+            .targets
+            .iter()
+            .map(|t| pb::ChainTarget {
+                data_service_id: t.data_service_id,
+                serving: t.serving,
+            })
+            .collect(),
+        replicas: chain.replicas,
+        missing: chain.missing.clone(),
     }
 }

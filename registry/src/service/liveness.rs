@@ -34,3 +34,68 @@ impl Liveness {
             .map(|seen| seen.elapsed().as_millis() as u64)
     }
 }
+
+/// How often the leader checks data-service leases.
+const CHECK_INTERVAL_MS: u64 = 500;
+
+/// On the leader: marks a data service down once it has not heartbeaten for `lease_ms`, so
+/// its chains drop it and writes continue on the remaining targets. Runs until `stop`.
+pub async fn run_failure_detector(
+    core: super::RegistryCore,
+    lease_ms: u64,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use openraft::type_config::async_runtime::WatchReceiver;
+
+    let lease = std::time::Duration::from_millis(lease_ms);
+    let mut leader_since: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(CHECK_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let is_leader = core.raft.metrics().borrow_watched().current_leader == Some(core.node_id);
+        if !is_leader {
+            leader_since = None;
+            continue;
+        }
+        // A new leader has heard no heartbeat yet: give every service a full lease first.
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < lease {
+            continue;
+        }
+        let services = match crate::cluster::list_data_services(core.state.engine().as_ref()) {
+            Ok(services) => services,
+            Err(error) => {
+                tracing::warn!(%error, "failure detector cannot list data services");
+                continue;
+            }
+        };
+        for service in services
+            .iter()
+            .filter(|s| s.state == crate::records::DataServiceState::Up)
+        {
+            let expired = match core.liveness.age_ms(service.id) {
+                Some(age_ms) => age_ms > lease_ms,
+                None => true,
+            };
+            if !expired {
+                continue;
+            }
+            tracing::warn!(
+                data_service = service.id,
+                address = %service.address,
+                lease_ms,
+                "data service missed its lease; marking it down"
+            );
+            let command = crate::command::Command::SetDataServiceState {
+                id: service.id,
+                state: crate::records::DataServiceState::Down,
+            };
+            if let Err(status) = core.propose(command, None).await {
+                tracing::warn!(data_service = service.id, %status, "could not mark data service down");
+            }
+        }
+    }
+}

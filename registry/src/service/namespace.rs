@@ -251,6 +251,24 @@ impl Namespace for NamespaceService {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn extend_file(&self, request: Request<pb::ExtendFileRequest>) -> Result<Response<pb::AttrReply>, Status> {
+        let r = request.get_ref();
+        let op = NamespaceOp::ExtendFile {
+            ino: r.ino,
+            end_offset_bytes: r.end_offset_bytes,
+        };
+        self.change_attr(&request, r.volume_id, op).await
+    }
+
+    async fn assign_layout(
+        &self,
+        request: Request<pb::AssignLayoutRequest>,
+    ) -> Result<Response<pb::AttrReply>, Status> {
+        let r = request.get_ref();
+        let op = NamespaceOp::AssignLayout { ino: r.ino };
+        self.change_attr(&request, r.volume_id, op).await
+    }
+
     async fn stat_fs(&self, request: Request<pb::StatFsRequest>) -> Result<Response<pb::StatFsReply>, Status> {
         let state = self.core.read_barrier(&request).await?;
         let r = request.get_ref();

@@ -1,0 +1,19 @@
+//! Shoal's data service: stores chunks with per-block checksums on local disks and
+//! replicates writes along chains of data services (see `node` for the protocol).
+//!
+//! - [`store`]: chunk files and their metadata and checksums (blocking I/O).
+//! - [`node`]: request handling: chain checks, replication, copies, repair.
+//! - [`background`]: heartbeats, chain table refresh, filling syncing successors, healing,
+//!   garbage collection.
+//! - [`server`]: startup and registration.
+
+pub mod background;
+pub mod identity;
+pub mod locks;
+pub mod node;
+pub mod peers;
+pub mod server;
+pub mod service;
+pub mod stats;
+pub mod status;
+pub mod store;

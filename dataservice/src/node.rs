@@ -1,0 +1,675 @@
+//! One data service's request handling: chain checks, ordered chain replication of writes,
+//! verified reads, whole-chunk copies between chain members, and repair.
+//!
+//! Chain replication: a client sends a write to the chain's head. The head assigns the
+//! chunk's next version, writes locally, and forwards to its successor, which does the same;
+//! the tail's acknowledgement travels back up. Each member holds the chunk's lock until its
+//! successor has acknowledged, so a chunk has one write in flight and every member applies
+//! writes in the head's order.
+//!
+//! Invariant: a request whose chain version differs from this service's is refused, never
+//! applied (a newer version first makes this service refresh its table).
+//! Invariant: a member marks a chunk dirty before forwarding and clean only after the
+//! downstream acknowledgement; a dirty chunk at the head is copied whole down the chain
+//! before its next write, so replicas that saw only part of a failed write converge.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use shoal_client::RegistryClient;
+use shoal_client::chains::{ChainCache, ChainInfo};
+use shoal_proto::data as pb;
+use tonic::Status;
+
+use crate::locks::ChunkLocks;
+use crate::peers::Peers;
+use crate::stats::Stats;
+use crate::status::{from_store, invalid, stale_chain};
+use crate::store::{self, ChunkId, ChunkStore, IncomingCopy, MAX_CHUNK_SIZE_BYTES, StoreError, StoreResult, WriteOp};
+
+/// Longest wait for the rest of the chain to acknowledge one write or copy.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Size of one piece of a whole-chunk copy.
+const COPY_PIECE_BYTES: u64 = 1 << 20;
+/// Most repairs running at once.
+const MAX_CONCURRENT_REPAIRS: usize = 64;
+
+pub struct DataNode {
+    pub id: u64,
+    pub store: Arc<ChunkStore>,
+    pub chains: ChainCache,
+    pub peers: Peers,
+    pub locks: ChunkLocks,
+    pub stats: Stats,
+    pub registry: RegistryClient,
+    repairs: Mutex<HashSet<ChunkId>>,
+}
+
+pub fn chunk_of(chunk: Option<pb::ChunkId>) -> Result<ChunkId, Status> {
+    let chunk = chunk.ok_or_else(|| invalid("request names no chunk"))?;
+    Ok(ChunkId {
+        volume_id: chunk.volume_id,
+        ino: chunk.ino,
+        index: chunk.index,
+    })
+}
+
+pub fn chunk_to_wire(chunk: &ChunkId) -> pb::ChunkId {
+    pb::ChunkId {
+        volume_id: chunk.volume_id,
+        ino: chunk.ino,
+        index: chunk.index,
+    }
+}
+
+impl DataNode {
+    pub fn new(id: u64, store: Arc<ChunkStore>, registry: RegistryClient) -> DataNode {
+        DataNode {
+            id,
+            store,
+            chains: ChainCache::new(registry.clone()),
+            peers: Peers::default(),
+            locks: ChunkLocks::default(),
+            stats: Stats::default(),
+            registry,
+            repairs: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Runs a store call on the blocking pool.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&ChunkStore) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || call(&store)).await {
+            Ok(result) => result,
+            Err(error) => Err(StoreError::Metadata(format!("store task failed: {error}"))),
+        }
+    }
+
+    /// The chain as this service knows it, if the caller's version is the same.
+    pub async fn chain(&self, chain_id: u64, version: u64) -> Result<ChainInfo, Status> {
+        let mut table = self.chains.current();
+        let ours = table.chain(chain_id).map(|c| c.version);
+        if ours.is_none_or(|ours| version > ours) {
+            table = self
+                .chains
+                .refresh()
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot refresh the chain table: {e}")))?;
+        }
+        match table.chain(chain_id) {
+            Some(chain) if chain.version == version => Ok(chain.clone()),
+            other => {
+                Stats::add(&self.stats.stale_requests_refused, 1);
+                Err(stale_chain(
+                    chain_id,
+                    version,
+                    other.map(|c| c.version),
+                    "versions differ",
+                ))
+            }
+        }
+    }
+
+    fn position(&self, chain: &ChainInfo) -> Result<usize, Status> {
+        chain.position(self.id).ok_or_else(|| {
+            stale_chain(
+                chain.id,
+                chain.version,
+                Some(chain.version),
+                "this data service is not in the chain",
+            )
+        })
+    }
+
+    /// Address of the member after `position`, if any.
+    fn successor(&self, chain: &ChainInfo, position: usize) -> Result<Option<(u64, String)>, Status> {
+        let Some(next) = chain.targets.get(position + 1) else {
+            return Ok(None);
+        };
+        let address = self
+            .chains
+            .current()
+            .address(next.data_service_id)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                Status::unavailable(format!("no address known for data service {}", next.data_service_id))
+            })?;
+        Ok(Some((next.data_service_id, address)))
+    }
+
+    pub async fn write(&self, request: pb::WriteRequest) -> Result<pb::WriteReply, Status> {
+        let chunk = chunk_of(request.chunk)?;
+        let length = request.data.len() as u64;
+        if length == 0 || request.data.len() > shoal_proto::MAX_DATA_PAYLOAD_BYTES {
+            return Err(invalid(format!(
+                "{chunk}: a write carries 1 to {} bytes, not {length}",
+                shoal_proto::MAX_DATA_PAYLOAD_BYTES
+            )));
+        }
+        if request.chunk_size_bytes > MAX_CHUNK_SIZE_BYTES || request.offset + length > request.chunk_size_bytes {
+            return Err(invalid(format!(
+                "{chunk}: write of {length} bytes at {} does not fit a chunk of {} bytes",
+                request.offset, request.chunk_size_bytes
+            )));
+        }
+        if let Err(piece) = store::verify_payload(&request.data, &request.payload_crcs) {
+            return Err(Status::data_loss(format!(
+                "{chunk}: payload piece {piece} does not match its checksum (damaged in transit); resend"
+            )));
+        }
+        let chain = self.chain(request.chain_id, request.chain_version).await?;
+        let position = self.position(&chain)?;
+        let forwarded = request.chunk_version != 0;
+        if forwarded == (position == 0) {
+            return Err(stale_chain(
+                chain.id,
+                request.chain_version,
+                Some(chain.version),
+                if forwarded {
+                    "a forwarded write reached the head"
+                } else {
+                    "client writes go to the head"
+                },
+            ));
+        }
+        let successor = self.successor(&chain, position)?;
+        let _guard = self.locks.write(&chunk).await;
+        let meta = self
+            .blocking(move |store| store.meta(&chunk))
+            .await
+            .map_err(from_store)?;
+        let local_version = meta.as_ref().map_or(0, |m| m.version);
+        let version = if forwarded {
+            request.chunk_version
+        } else {
+            self.heal_if_dirty(&chain, chunk, successor.as_ref()).await?;
+            local_version + 1
+        };
+        // A forwarded write this member already has (a resend) is not applied twice.
+        if !forwarded || version > local_version {
+            let data = request.data.clone();
+            let crcs = request.payload_crcs.clone();
+            let (chain_id, offset, sync, dirty) = (chain.id, request.offset, request.sync, successor.is_some());
+            self.blocking(move |store| {
+                store.write(
+                    chunk,
+                    WriteOp {
+                        chain_id,
+                        offset,
+                        data: &data,
+                        payload_crcs: &crcs,
+                        version,
+                        dirty,
+                        sync,
+                    },
+                )
+            })
+            .await
+            .map_err(from_store)?;
+            Stats::add(&self.stats.bytes_written, length);
+        }
+        if let Some((next, address)) = successor {
+            let mut forward = request;
+            forward.chunk_version = version;
+            let mut client = self.peers.client(&address)?;
+            let mut call = tonic::Request::new(forward);
+            call.set_timeout(FORWARD_TIMEOUT);
+            client
+                .write(call)
+                .await
+                .map_err(|status| downstream(status, next, &address))?;
+            self.blocking(move |store| store.mark_clean(chunk))
+                .await
+                .map_err(from_store)?;
+        }
+        Ok(pb::WriteReply { chunk_version: version })
+    }
+
+    /// Before a new write, a chunk that an earlier, failed write left dirty here is copied
+    /// whole down the chain, so every member starts from the head's bytes.
+    async fn heal_if_dirty(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        successor: Option<&(u64, String)>,
+    ) -> Result<(), Status> {
+        let dirty = self
+            .blocking(move |store| store.is_dirty(&chunk))
+            .await
+            .map_err(from_store)?;
+        if !dirty {
+            return Ok(());
+        }
+        if let Some((next, address)) = successor {
+            tracing::info!(%chunk, chain = chain.id, "copying a dirty chunk down the chain before writing it");
+            self.push_copy(chain, chunk, *next, address, true).await?;
+        }
+        self.blocking(move |store| store.mark_clean(chunk))
+            .await
+            .map_err(from_store)
+    }
+
+    pub async fn read(self: &Arc<Self>, request: pb::ReadRequest) -> Result<pb::ReadReply, Status> {
+        let chunk = chunk_of(request.chunk)?;
+        let length = u64::from(request.length);
+        if length as usize > shoal_proto::MAX_DATA_PAYLOAD_BYTES || request.offset + length > MAX_CHUNK_SIZE_BYTES {
+            return Err(invalid(format!(
+                "{chunk}: read of {length} bytes at {} is out of bounds",
+                request.offset
+            )));
+        }
+        let chain = self.chain(request.chain_id, request.chain_version).await?;
+        let position = self.position(&chain)?;
+        if !chain.targets[position].serving {
+            return Err(stale_chain(
+                chain.id,
+                request.chain_version,
+                Some(chain.version),
+                "this member is still being filled and serves no reads",
+            ));
+        }
+        let _guard = self.locks.read(&chunk).await;
+        let offset = request.offset;
+        match self.blocking(move |store| store.read(chunk, offset, length)).await {
+            Ok(result) => {
+                Stats::add(&self.stats.bytes_read, length);
+                Ok(pb::ReadReply {
+                    payload_crcs: store::payload_crcs(&result.data),
+                    data: result.data.into(),
+                    chunk_version: result.version,
+                    chunk_length_bytes: result.length_bytes,
+                })
+            }
+            Err(error @ StoreError::Corrupt { .. }) => {
+                Stats::add(&self.stats.corruptions_detected, 1);
+                tracing::error!(%error, "checksum mismatch on read; data not returned, repairing from a peer");
+                self.clone().spawn_repair(chain.id, chunk);
+                Err(from_store(error))
+            }
+            Err(error) => Err(from_store(error)),
+        }
+    }
+
+    pub async fn truncate(&self, request: pb::TruncateRequest) -> Result<pb::TruncateReply, Status> {
+        let chunk = chunk_of(request.chunk)?;
+        if request.length_bytes > MAX_CHUNK_SIZE_BYTES {
+            return Err(invalid(format!("{chunk}: truncate to {} bytes", request.length_bytes)));
+        }
+        let chain = self.chain(request.chain_id, request.chain_version).await?;
+        let position = self.position(&chain)?;
+        let forwarded = request.chunk_version != 0;
+        if forwarded == (position == 0) {
+            return Err(stale_chain(
+                chain.id,
+                request.chain_version,
+                Some(chain.version),
+                "truncates enter at the head",
+            ));
+        }
+        let successor = self.successor(&chain, position)?;
+        let _guard = self.locks.write(&chunk).await;
+        let meta = self
+            .blocking(move |store| store.meta(&chunk))
+            .await
+            .map_err(from_store)?;
+        let version = if forwarded {
+            request.chunk_version
+        } else {
+            meta.as_ref().map_or(0, |m| m.version) + 1
+        };
+        let (chain_id, length, remove) = (chain.id, request.length_bytes, request.remove);
+        self.blocking(move |store| {
+            if remove {
+                store.remove(chunk).map(|_| ())
+            } else {
+                store.truncate(chunk, chain_id, length, version, false)
+            }
+        })
+        .await
+        .map_err(from_store)?;
+        if let Some((next, address)) = successor {
+            let mut forward = request;
+            forward.chunk_version = version;
+            let mut call = tonic::Request::new(forward);
+            call.set_timeout(FORWARD_TIMEOUT);
+            self.peers
+                .client(&address)?
+                .truncate(call)
+                .await
+                .map_err(|status| downstream(status, next, &address))?;
+        }
+        Ok(pb::TruncateReply { chunk_version: version })
+    }
+
+    pub async fn sync(&self, request: pb::SyncRequest) -> Result<pb::SyncReply, Status> {
+        let chain = self.chain(request.chain_id, request.chain_version).await?;
+        let position = self.position(&chain)?;
+        let chunks = request
+            .chunks
+            .iter()
+            .take(store::MAX_LISTED_CHUNKS)
+            .map(|c| chunk_of(Some(*c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.blocking(move |store| store.sync(&chunks))
+            .await
+            .map_err(from_store)?;
+        if let Some((next, address)) = self.successor(&chain, position)? {
+            let mut call = tonic::Request::new(request);
+            call.set_timeout(FORWARD_TIMEOUT);
+            self.peers
+                .client(&address)?
+                .sync(call)
+                .await
+                .map_err(|status| downstream(status, next, &address))?;
+        }
+        Ok(pb::SyncReply {})
+    }
+
+    /// Sends the whole of `chunk` (or its absence) to data service `target`. The caller holds
+    /// the chunk's lock, so the copy and later writes arrive in order.
+    pub async fn push_copy(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        target: u64,
+        address: &str,
+        forward: bool,
+    ) -> Result<bool, Status> {
+        let meta = self
+            .blocking(move |store| store.meta(&chunk))
+            .await
+            .map_err(from_store)?;
+        let header = pb::ChunkCopy {
+            chain_id: chain.id,
+            chain_version: chain.version,
+            chunk: Some(chunk_to_wire(&chunk)),
+            chunk_version: meta.as_ref().map_or(0, |m| m.version),
+            length_bytes: meta.as_ref().map_or(0, |m| m.length_bytes),
+            exists: meta.is_some(),
+            forward,
+            ..Default::default()
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel::<pb::ChunkCopy>(2);
+        let store = self.store.clone();
+        let producer = tokio::spawn(async move {
+            let length = header.length_bytes;
+            if !header.exists || length == 0 {
+                let _ = sender.send(pb::ChunkCopy { last: true, ..header }).await;
+                return Ok(());
+            }
+            let mut offset = 0;
+            while offset < length {
+                let piece = COPY_PIECE_BYTES.min(length - offset);
+                let store = store.clone();
+                let read = tokio::task::spawn_blocking(move || store.read(chunk, offset, piece))
+                    .await
+                    .map_err(|e| StoreError::Metadata(e.to_string()))??;
+                let message = pb::ChunkCopy {
+                    payload_crcs: store::payload_crcs(&read.data),
+                    data: read.data.into(),
+                    data_offset: offset,
+                    last: offset + piece == length,
+                    ..header.clone()
+                };
+                if sender.send(message).await.is_err() {
+                    return Ok(());
+                }
+                offset += piece;
+            }
+            Ok::<(), StoreError>(())
+        });
+        let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+        call.set_timeout(FORWARD_TIMEOUT);
+        let reply = self.peers.client(address)?.copy_chunk(call).await;
+        match producer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(from_store(error)),
+            Err(error) => return Err(Status::internal(format!("copy producer failed: {error}"))),
+        }
+        let reply = reply.map_err(|status| downstream(status, target, address))?;
+        Ok(reply.into_inner().applied)
+    }
+
+    /// Receives a whole-chunk copy from the member before this one.
+    pub async fn receive_copy(
+        &self,
+        mut stream: tonic::Streaming<pb::ChunkCopy>,
+    ) -> Result<pb::ChunkCopyReply, Status> {
+        let header = stream.next().await.ok_or_else(|| invalid("empty chunk copy"))??;
+        let chunk = chunk_of(header.chunk)?;
+        let chain = self.chain(header.chain_id, header.chain_version).await?;
+        let position = self.position(&chain)?;
+        let mut incoming: Option<IncomingCopy> = None;
+        if header.exists {
+            incoming = Some(
+                self.blocking(move |store| store.begin_copy(chunk))
+                    .await
+                    .map_err(from_store)?,
+            );
+        }
+        let mut message = Some(header.clone());
+        let mut complete = false;
+        while let Some(piece) = message.take() {
+            if piece.chunk_version != header.chunk_version || piece.length_bytes != header.length_bytes {
+                return Err(invalid(format!("{chunk}: copy pieces disagree about the chunk")));
+            }
+            if let Err(bad) = store::verify_payload(&piece.data, &piece.payload_crcs) {
+                return Err(Status::data_loss(format!(
+                    "{chunk}: copy piece {bad} damaged in transit"
+                )));
+            }
+            if !piece.data.is_empty() {
+                let mut copy = incoming
+                    .take()
+                    .ok_or_else(|| invalid(format!("{chunk}: data for a missing chunk")))?;
+                let copy = tokio::task::spawn_blocking(move || {
+                    copy.append(piece.data_offset, &piece.data, &piece.payload_crcs)
+                        .map(|()| copy)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(from_store)?;
+                incoming = Some(copy);
+            }
+            if piece.last {
+                complete = true;
+                break;
+            }
+            message = stream.next().await.transpose()?;
+        }
+        if !complete {
+            return Err(invalid(format!("{chunk}: copy ended before its last piece")));
+        }
+        let _guard = self.locks.write(&chunk).await;
+        let (chain_id, version, length) = (chain.id, header.chunk_version, header.length_bytes);
+        let applied = match incoming {
+            Some(copy) => self
+                .blocking(move |store| store.finish_copy(copy, chain_id, version, length))
+                .await
+                .map_err(from_store)?,
+            None => self
+                .blocking(move |store| match store.meta(&chunk)? {
+                    Some(meta) if meta.version > version => Ok(false),
+                    _ => store.remove(chunk).map(|_| true),
+                })
+                .await
+                .map_err(from_store)?,
+        };
+        if applied
+            && header.forward
+            && let Some((next, address)) = self.successor(&chain, position)?
+        {
+            self.push_copy(&chain, chunk, next, &address, true).await?;
+        }
+        if applied {
+            self.blocking(move |store| store.mark_clean(chunk))
+                .await
+                .map_err(from_store)?;
+        }
+        Ok(pb::ChunkCopyReply { applied })
+    }
+
+    fn spawn_repair(self: Arc<Self>, chain_id: u64, chunk: ChunkId) {
+        {
+            let mut running = self.repairs.lock().expect("repair lock poisoned");
+            if running.len() >= MAX_CONCURRENT_REPAIRS || !running.insert(chunk) {
+                return;
+            }
+        }
+        tokio::spawn(async move {
+            match self.repair(chain_id, chunk).await {
+                Ok(peer) => {
+                    Stats::add(&self.stats.chunks_repaired, 1);
+                    tracing::info!(%chunk, peer, "repaired chunk from a chain peer");
+                }
+                Err(error) => tracing::warn!(%chunk, %error, "could not repair chunk; it stays unreadable here"),
+            }
+            self.repairs.lock().expect("repair lock poisoned").remove(&chunk);
+        });
+    }
+
+    /// Replaces a damaged local chunk with a serving peer's copy. Returns the peer's id.
+    async fn repair(&self, chain_id: u64, chunk: ChunkId) -> Result<u64, Status> {
+        let table = self.chains.current();
+        let chain = table
+            .chain(chain_id)
+            .ok_or_else(|| Status::not_found(format!("chain {chain_id} unknown")))?
+            .clone();
+        let mut last_error = Status::unavailable(format!("chain {chain_id} has no other serving member"));
+        for peer in chain.serving().filter(|id| *id != self.id) {
+            let Some(address) = table.address(peer) else { continue };
+            match self.fetch_copy(&chain, chunk, address).await {
+                Ok((copy, version, length)) => {
+                    let _guard = self.locks.write(&chunk).await;
+                    self.blocking(move |store| store.finish_copy(copy, chain_id, version, length))
+                        .await
+                        .map_err(from_store)?;
+                    return Ok(peer);
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn fetch_copy(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        address: &str,
+    ) -> Result<(IncomingCopy, u64, u64), Status> {
+        let mut client = self.peers.client(address)?;
+        let mut copy = self
+            .blocking(move |store| store.begin_copy(chunk))
+            .await
+            .map_err(from_store)?;
+        let mut offset = 0;
+        let mut length = None;
+        let mut version = 0;
+        for _piece in 0..(MAX_CHUNK_SIZE_BYTES / COPY_PIECE_BYTES + 1) {
+            let request = pb::ReadRequest {
+                chain_id: chain.id,
+                chain_version: chain.version,
+                chunk: Some(chunk_to_wire(&chunk)),
+                offset,
+                length: COPY_PIECE_BYTES as u32,
+            };
+            let reply = client.read(request).await?.into_inner();
+            let total = *length.get_or_insert(reply.chunk_length_bytes);
+            version = reply.chunk_version;
+            if offset >= total {
+                break;
+            }
+            let take = (total - offset).min(COPY_PIECE_BYTES) as usize;
+            let data = reply.data.slice(..take);
+            let crcs = store::payload_crcs(&data);
+            copy = tokio::task::spawn_blocking(move || copy.append(offset, &data, &crcs).map(|()| copy))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(from_store)?;
+            offset += take as u64;
+        }
+        Ok((copy, version, length.unwrap_or(0)))
+    }
+
+    pub async fn list_chunks(&self, request: pb::ListChunksRequest) -> Result<pb::ListChunksReply, Status> {
+        let after = request.has_after.then_some(ChunkId {
+            volume_id: request.after_volume_id,
+            ino: request.after_ino,
+            index: request.after_index,
+        });
+        let max = (request.max_chunks as usize).clamp(1, store::MAX_LISTED_CHUNKS);
+        let chain_id = request.chain_id;
+        let listed = self
+            .blocking(move |store| store.list_chain(chain_id, after, max))
+            .await
+            .map_err(from_store)?;
+        Ok(pb::ListChunksReply {
+            end: listed.len() < max,
+            chunks: listed
+                .iter()
+                .map(|(chunk, version)| pb::ChunkVersion {
+                    chunk: Some(chunk_to_wire(chunk)),
+                    chunk_version: *version,
+                })
+                .collect(),
+        })
+    }
+
+    pub async fn drop_chunks(&self, request: pb::DropRequest) -> Result<pb::DropReply, Status> {
+        let removed = self
+            .blocking(move |store| {
+                let mut removed = 0;
+                for file in request.files.iter().take(store::MAX_LISTED_CHUNKS) {
+                    removed += store.drop_file(file.volume_id, file.ino)?;
+                }
+                for volume in request.volumes.iter().take(store::MAX_LISTED_CHUNKS) {
+                    removed += store.drop_volume(*volume)?;
+                }
+                Ok(removed)
+            })
+            .await
+            .map_err(from_store)?;
+        Ok(pb::DropReply {
+            chunks_removed: removed,
+        })
+    }
+
+    pub async fn stats(&self) -> Result<pb::StatsReply, Status> {
+        let chunks = self.blocking(|store| store.chunk_count()).await.map_err(from_store)?;
+        Ok(pb::StatsReply {
+            data_service_id: self.id,
+            chunks,
+            bytes_written: Stats::get(&self.stats.bytes_written),
+            bytes_read: Stats::get(&self.stats.bytes_read),
+            corruptions_detected: Stats::get(&self.stats.corruptions_detected),
+            chunks_repaired: Stats::get(&self.stats.chunks_repaired),
+            stale_requests_refused: Stats::get(&self.stats.stale_requests_refused),
+            chain_table_version: self.chains.current().version,
+        })
+    }
+}
+
+/// A downstream member's failure, named, for the member upstream and the client.
+fn downstream(status: Status, data_service: u64, address: &str) -> Status {
+    match status.code() {
+        // Errors the client acts on (stale chain, errno) pass through unchanged.
+        tonic::Code::FailedPrecondition | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument => status,
+        code => Status::new(
+            if code == tonic::Code::DataLoss {
+                code
+            } else {
+                tonic::Code::Unavailable
+            },
+            format!(
+                "chain successor data service {data_service} at {address}: {}",
+                status.message()
+            ),
+        ),
+    }
+}

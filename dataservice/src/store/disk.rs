@@ -1,0 +1,209 @@
+//! One disk of the store: a directory with `meta/` (the engine) and `chunks/xx/` (chunk files
+//! spread over 256 subdirectories so no directory grows huge).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use shoal_engine::{KvRead, RocksEngine, RocksOptions, ScanControl, WriteBatch};
+
+use super::meta::{self, ChunkId, ChunkMeta, CrcGroup, SPACE_BY_CHAIN, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, SPACES};
+use super::{StoreError, StoreResult};
+
+/// Capacity of one disk, as reported to the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub path: PathBuf,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub healthy: bool,
+}
+
+pub struct Disk {
+    root: PathBuf,
+    chunk_dir: PathBuf,
+    engine: RocksEngine,
+}
+
+fn corrupt(error: String) -> StoreError {
+    StoreError::Metadata(error)
+}
+
+impl Disk {
+    pub fn open(root: &Path) -> anyhow::Result<Disk> {
+        let chunk_dir = root.join("chunks");
+        fs::create_dir_all(&chunk_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", chunk_dir.display()))?;
+        let tuning = RocksOptions {
+            block_cache_size_bytes: 32 << 20,
+            ..RocksOptions::default()
+        };
+        let engine = RocksEngine::open(&root.join("meta"), SPACES, &tuning)?;
+        // Leftovers of copies interrupted by a crash.
+        for entry in fs::read_dir(&chunk_dir)? {
+            let dir = entry?.path();
+            if dir.is_dir() {
+                for file in fs::read_dir(&dir)? {
+                    let path = file?.path();
+                    if path.extension().is_some_and(|e| e == "incoming") {
+                        fs::remove_file(&path)?;
+                    }
+                }
+            }
+        }
+        Ok(Disk {
+            root: root.to_path_buf(),
+            chunk_dir,
+            engine,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn engine(&self) -> &RocksEngine {
+        &self.engine
+    }
+
+    fn subdir(&self, chunk: &ChunkId) -> PathBuf {
+        let hash = super::crc(&chunk.key());
+        self.chunk_dir.join(format!("{:02x}", (hash >> 8) & 0xff))
+    }
+
+    pub fn chunk_path(&self, chunk: &ChunkId) -> PathBuf {
+        self.subdir(chunk)
+            .join(format!("{}-{}-{}", chunk.volume_id, chunk.ino, chunk.index))
+    }
+
+    pub fn incoming_path(&self, chunk: &ChunkId) -> PathBuf {
+        self.chunk_path(chunk).with_extension("incoming")
+    }
+
+    /// Opens a chunk file; `create` also makes it (and its directory) if missing.
+    pub fn open_chunk(&self, chunk: &ChunkId, create: bool) -> io::Result<File> {
+        let path = self.chunk_path(chunk);
+        let open = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(create)
+                .create(create)
+                .truncate(false)
+                .open(path)
+        };
+        match open(&path) {
+            Err(error) if create && error.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(self.subdir(chunk))?;
+                open(&path)
+            }
+            other => other,
+        }
+    }
+
+    pub fn create_incoming(&self, path: &Path) -> io::Result<File> {
+        fs::create_dir_all(path.parent().expect("chunk paths have a directory"))?;
+        File::create(path)
+    }
+
+    /// Renames a received copy over the chunk file, durably.
+    pub fn install(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)?;
+        File::open(to.parent().expect("chunk paths have a directory"))?.sync_all()
+    }
+
+    pub fn meta(&self, chunk: &ChunkId) -> StoreResult<Option<ChunkMeta>> {
+        match self.engine.get(SPACE_CHUNKS, &chunk.key())? {
+            Some(bytes) => Ok(Some(meta::decode(&bytes, "chunk metadata").map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn crc_group(&self, chunk: &ChunkId, group: u64) -> StoreResult<Option<CrcGroup>> {
+        match self.engine.get(SPACE_CRCS, &meta::crc_key(chunk, group))? {
+            Some(bytes) => Ok(Some(meta::decode(&bytes, "checksum group").map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_meta(&self, batch: &mut WriteBatch, chunk: &ChunkId, chunk_meta: &ChunkMeta) {
+        batch.put(SPACE_CHUNKS, chunk.key().to_vec(), meta::encode(chunk_meta));
+        batch.put(
+            SPACE_BY_CHAIN,
+            meta::by_chain_key(chunk_meta.chain_id, chunk),
+            Vec::new(),
+        );
+    }
+
+    pub fn put_crc_group(&self, batch: &mut WriteBatch, chunk: &ChunkId, group: u64, crcs: &CrcGroup) {
+        batch.put(SPACE_CRCS, meta::crc_key(chunk, group), meta::encode(crcs));
+    }
+
+    pub fn delete_chunk_records(&self, batch: &mut WriteBatch, chunk: &ChunkId, chain_id: u64) {
+        batch.delete(SPACE_CHUNKS, chunk.key().to_vec());
+        batch.delete_range(SPACE_CRCS, meta::crc_key(chunk, 0), meta::crc_key(chunk, u64::MAX));
+        batch.delete(SPACE_CRCS, meta::crc_key(chunk, u64::MAX));
+        batch.delete(SPACE_BY_CHAIN, meta::by_chain_key(chain_id, chunk));
+        batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+    }
+
+    pub fn list_chain(&self, chain_id: u64, after: Option<ChunkId>, max: usize) -> StoreResult<Vec<ChunkId>> {
+        let prefix = chain_id.to_be_bytes();
+        let start = match after {
+            Some(after) => {
+                let mut key = meta::by_chain_key(chain_id, &after);
+                key.push(0);
+                key
+            }
+            None => prefix.to_vec(),
+        };
+        let end = shoal_engine::prefix_end(&prefix);
+        let mut chunks = Vec::new();
+        self.engine
+            .scan(SPACE_BY_CHAIN, &start, end.as_deref(), &mut |key, _| {
+                if let Some(chunk) = ChunkId::from_key(&key[8..]) {
+                    chunks.push(chunk);
+                }
+                if chunks.len() >= max {
+                    ScanControl::Stop
+                } else {
+                    ScanControl::Continue
+                }
+            })?;
+        Ok(chunks)
+    }
+
+    pub fn chunks_with_prefix(&self, prefix: &[u8], max: usize) -> StoreResult<Vec<ChunkId>> {
+        let end = shoal_engine::prefix_end(prefix);
+        let mut chunks = Vec::new();
+        self.engine.scan(SPACE_CHUNKS, prefix, end.as_deref(), &mut |key, _| {
+            if let Some(chunk) = ChunkId::from_key(key) {
+                chunks.push(chunk);
+            }
+            if chunks.len() >= max {
+                ScanControl::Stop
+            } else {
+                ScanControl::Continue
+            }
+        })?;
+        Ok(chunks)
+    }
+
+    pub fn usage(&self) -> DiskUsage {
+        match nix::sys::statvfs::statvfs(&self.root) {
+            Ok(stat) => {
+                let fragment = stat.fragment_size();
+                DiskUsage {
+                    path: self.root.clone(),
+                    capacity_bytes: stat.blocks() * fragment,
+                    free_bytes: stat.blocks_available() * fragment,
+                    healthy: true,
+                }
+            }
+            Err(_) => DiskUsage {
+                path: self.root.clone(),
+                capacity_bytes: 0,
+                free_bytes: 0,
+                healthy: false,
+            },
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! The chunk store: chunk bytes in plain files on one or more disks, chunk metadata and
+//! per-block checksums in each disk's engine instance.
+//!
+//! Every call here is blocking; the service calls them from blocking tasks. Callers hold the
+//! chunk's lock (see `locks`), so the store never sees two changes to one chunk at a time.
+//!
+//! Invariant: a block is returned only if its stored checksum matches (a block never
+//! written reads as zeros). Invariant: no write lands on a block whose checksum no longer
+//! matches: a partial write would otherwise bless the corruption around it.
+
+mod checksum;
+mod disk;
+mod meta;
+
+pub use checksum::{BLOCK_SIZE_BYTES, block_crc, crc, payload_crcs, verify_payload};
+pub use disk::DiskUsage;
+pub use meta::{ChunkId, ChunkMeta};
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use shoal_engine::{Durability, EngineError, KvEngine, KvRead, ScanControl, WriteBatch};
+
+use disk::Disk;
+use meta::{BLOCKS_PER_GROUP, CrcGroup, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY};
+
+/// Largest chunk the store accepts.
+pub const MAX_CHUNK_SIZE_BYTES: u64 = 64 << 20;
+/// Most chunks one listing returns.
+pub const MAX_LISTED_CHUNKS: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{chunk}: block {block} in {path} fails its checksum (stored {stored:#010x}, computed {computed:#010x})")]
+    Corrupt {
+        chunk: ChunkId,
+        block: u64,
+        path: PathBuf,
+        stored: u32,
+        computed: u32,
+    },
+    #[error("{chunk}: disk {disk} is full")]
+    NoSpace { chunk: ChunkId, disk: PathBuf },
+    #[error("{chunk}: {message}")]
+    Invalid { chunk: ChunkId, message: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Metadata(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One write into a chunk.
+pub struct WriteOp<'a> {
+    pub chain_id: u64,
+    pub offset: u64,
+    pub data: &'a [u8],
+    /// CRCs of `data` in 4 KiB pieces, already verified by the caller.
+    pub payload_crcs: &'a [u32],
+    pub version: u64,
+    /// Written here but not yet acknowledged by the chain's tail.
+    pub dirty: bool,
+    /// Durable before returning.
+    pub sync: bool,
+}
+
+/// Bytes read from a chunk, with the chunk's version and length.
+#[derive(Debug)]
+pub struct ReadResult {
+    pub data: Vec<u8>,
+    pub version: u64,
+    pub length_bytes: u64,
+}
+
+/// A whole chunk being received from a chain peer into a temporary file.
+pub struct IncomingCopy {
+    chunk: ChunkId,
+    path: PathBuf,
+    file: File,
+    written_bytes: u64,
+    crcs: BTreeMap<u64, u32>,
+}
+
+pub struct ChunkStore {
+    disks: Vec<Disk>,
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn is_no_space(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(nix::libc::ENOSPC) || error.raw_os_error() == Some(nix::libc::EDQUOT)
+}
+
+/// Reads up to `buffer.len()` bytes at `offset`, leaving zeros past the end of the file.
+fn read_full_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    buffer[filled..].fill(0);
+    Ok(())
+}
+
+fn block_span(offset: u64, length: u64) -> (u64, u64) {
+    let block = BLOCK_SIZE_BYTES as u64;
+    (offset / block, (offset + length).div_ceil(block))
+}
+
+impl ChunkStore {
+    /// Opens the store on `disk_paths` (each a directory of its own, ideally its own disk).
+    pub fn open(disk_paths: &[PathBuf]) -> anyhow::Result<ChunkStore> {
+        anyhow::ensure!(!disk_paths.is_empty(), "a data service needs at least one --disk");
+        let disks = disk_paths
+            .iter()
+            .map(|p| Disk::open(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(ChunkStore { disks })
+    }
+
+    pub fn disk_roots(&self) -> Vec<PathBuf> {
+        self.disks.iter().map(|d| d.root().to_path_buf()).collect()
+    }
+
+    fn disk(&self, chunk: &ChunkId) -> &Disk {
+        let index = crc(&chunk.key()) as usize % self.disks.len();
+        &self.disks[index]
+    }
+
+    /// Where a chunk's bytes live (for operators, and for tests that damage them).
+    pub fn chunk_path(&self, chunk: &ChunkId) -> PathBuf {
+        self.disk(chunk).chunk_path(chunk)
+    }
+
+    pub fn meta(&self, chunk: &ChunkId) -> StoreResult<Option<ChunkMeta>> {
+        self.disk(chunk).meta(chunk)
+    }
+
+    fn load_groups(
+        disk: &Disk,
+        chunk: &ChunkId,
+        first_block: u64,
+        end_block: u64,
+    ) -> StoreResult<BTreeMap<u64, CrcGroup>> {
+        let mut groups = BTreeMap::new();
+        if end_block <= first_block {
+            return Ok(groups);
+        }
+        let per_group = BLOCKS_PER_GROUP as u64;
+        for group in first_block / per_group..=(end_block - 1) / per_group {
+            groups.insert(group, disk.crc_group(chunk, group)?.unwrap_or_default());
+        }
+        Ok(groups)
+    }
+
+    fn stored_crc(groups: &BTreeMap<u64, CrcGroup>, block: u64) -> Option<u32> {
+        let per_group = BLOCKS_PER_GROUP as u64;
+        groups.get(&(block / per_group))?.get((block % per_group) as usize)
+    }
+
+    fn check_block(chunk: &ChunkId, path: &Path, block: u64, bytes: &[u8], stored: Option<u32>) -> StoreResult<()> {
+        if let Some(stored) = stored {
+            let computed = block_crc(bytes);
+            if computed != stored {
+                return Err(StoreError::Corrupt {
+                    chunk: *chunk,
+                    block,
+                    path: path.to_path_buf(),
+                    stored,
+                    computed,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, chunk: ChunkId, op: WriteOp<'_>) -> StoreResult<()> {
+        let end = op.offset + op.data.len() as u64;
+        if end > MAX_CHUNK_SIZE_BYTES {
+            return Err(StoreError::Invalid {
+                chunk,
+                message: format!("write ends at {end}, past the largest chunk ({MAX_CHUNK_SIZE_BYTES} bytes)"),
+            });
+        }
+        let disk = self.disk(&chunk);
+        let path = disk.chunk_path(&chunk);
+        let old = disk.meta(&chunk)?;
+        let old_length = old.as_ref().map_or(0, |m| m.length_bytes);
+        let block = BLOCK_SIZE_BYTES as u64;
+        let (first_block, end_block) = block_span(op.offset, op.data.len() as u64);
+        let mut groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
+        let file = disk.open_chunk(&chunk, true).map_err(io_error("open chunk", &path))?;
+        let mut updates = Vec::with_capacity((end_block - first_block) as usize);
+        for b in first_block..end_block {
+            let block_start = b * block;
+            let piece_start = op.offset.max(block_start);
+            let piece_end = end.min(block_start + block);
+            let piece = &op.data[(piece_start - op.offset) as usize..(piece_end - op.offset) as usize];
+            if piece.len() == BLOCK_SIZE_BYTES {
+                let aligned = (block_start - op.offset).is_multiple_of(block);
+                let crc = if aligned {
+                    op.payload_crcs[((block_start - op.offset) / block) as usize]
+                } else {
+                    crc(piece)
+                };
+                updates.push((b, crc));
+                continue;
+            }
+            // A partial block: merge with what is there, after checking what is there.
+            let mut merged = vec![0u8; BLOCK_SIZE_BYTES];
+            let existing = old_length.saturating_sub(block_start).min(block) as usize;
+            if existing > 0 {
+                read_full_at(&file, &mut merged[..existing], block_start).map_err(io_error("read chunk", &path))?;
+                Self::check_block(&chunk, &path, b, &merged[..existing], Self::stored_crc(&groups, b))?;
+            }
+            let at = (piece_start - block_start) as usize;
+            merged[at..at + piece.len()].copy_from_slice(piece);
+            updates.push((b, crc(&merged)));
+        }
+        if let Err(error) = file.write_all_at(op.data, op.offset) {
+            if is_no_space(&error) {
+                return Err(StoreError::NoSpace {
+                    chunk,
+                    disk: disk.root().to_path_buf(),
+                });
+            }
+            return Err(io_error("write chunk", &path)(error));
+        }
+        if op.sync {
+            file.sync_data().map_err(io_error("sync chunk", &path))?;
+        }
+        let per_group = BLOCKS_PER_GROUP as u64;
+        for (b, crc) in updates {
+            groups
+                .get_mut(&(b / per_group))
+                .expect("groups cover the written blocks")
+                .set((b % per_group) as usize, crc);
+        }
+        let meta = ChunkMeta {
+            chain_id: op.chain_id,
+            version: op.version,
+            length_bytes: old_length.max(end),
+        };
+        let mut batch = WriteBatch::new();
+        disk.put_meta(&mut batch, &chunk, &meta);
+        for (group, crcs) in &groups {
+            disk.put_crc_group(&mut batch, &chunk, *group, crcs);
+        }
+        if op.dirty {
+            batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
+        } else {
+            batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+        }
+        let durability = if op.sync {
+            Durability::Synced
+        } else {
+            Durability::Buffered
+        };
+        disk.engine().write(batch, durability)?;
+        Ok(())
+    }
+
+    /// Reads `length` bytes at `offset`, verifying every stored block it touches.
+    pub fn read(&self, chunk: ChunkId, offset: u64, length: u64) -> StoreResult<ReadResult> {
+        let disk = self.disk(&chunk);
+        let Some(meta) = disk.meta(&chunk)? else {
+            return Ok(ReadResult {
+                data: vec![0; length as usize],
+                version: 0,
+                length_bytes: 0,
+            });
+        };
+        let mut data = vec![0u8; length as usize];
+        let valid_end = (offset + length).min(meta.length_bytes);
+        if valid_end > offset {
+            let path = disk.chunk_path(&chunk);
+            let block = BLOCK_SIZE_BYTES as u64;
+            let (first_block, end_block) = block_span(offset, valid_end - offset);
+            let span_start = first_block * block;
+            let span_end = (end_block * block).min(meta.length_bytes);
+            let mut span = vec![0u8; (span_end - span_start) as usize];
+            let file = disk.open_chunk(&chunk, false).map_err(io_error("open chunk", &path))?;
+            read_full_at(&file, &mut span, span_start).map_err(io_error("read chunk", &path))?;
+            let groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
+            for b in first_block..end_block {
+                let from = ((b * block) - span_start) as usize;
+                let to = (from + BLOCK_SIZE_BYTES).min(span.len());
+                match Self::stored_crc(&groups, b) {
+                    Some(stored) => Self::check_block(&chunk, &path, b, &span[from..to], Some(stored))?,
+                    // Never (completely) written: it reads as zeros, whatever the file holds.
+                    None => span[from..to].fill(0),
+                }
+            }
+            let from = (offset - span_start) as usize;
+            let count = (valid_end - offset) as usize;
+            data[..count].copy_from_slice(&span[from..from + count]);
+        }
+        Ok(ReadResult {
+            data,
+            version: meta.version,
+            length_bytes: meta.length_bytes,
+        })
+    }
+
+    /// Shortens a chunk to `length_bytes` (a chunk that is already shorter keeps its bytes).
+    pub fn truncate(
+        &self,
+        chunk: ChunkId,
+        chain_id: u64,
+        length_bytes: u64,
+        version: u64,
+        sync: bool,
+    ) -> StoreResult<()> {
+        let disk = self.disk(&chunk);
+        let path = disk.chunk_path(&chunk);
+        let Some(mut meta) = disk.meta(&chunk)? else {
+            return Ok(());
+        };
+        let mut batch = WriteBatch::new();
+        if length_bytes < meta.length_bytes {
+            let block = BLOCK_SIZE_BYTES as u64;
+            let keep_blocks = length_bytes.div_ceil(block);
+            let old_blocks = meta.length_bytes.div_ceil(block);
+            let mut groups = Self::load_groups(disk, &chunk, keep_blocks.saturating_sub(1), old_blocks)?;
+            let file = disk.open_chunk(&chunk, true).map_err(io_error("open chunk", &path))?;
+            let partial = length_bytes % block;
+            let mut new_tail_crc = None;
+            if partial != 0 {
+                let b = length_bytes / block;
+                let existing = (meta.length_bytes - b * block).min(block) as usize;
+                let mut content = vec![0u8; existing];
+                read_full_at(&file, &mut content, b * block).map_err(io_error("read chunk", &path))?;
+                Self::check_block(&chunk, &path, b, &content, Self::stored_crc(&groups, b))?;
+                if Self::stored_crc(&groups, b).is_some() {
+                    new_tail_crc = Some((b, block_crc(&content[..partial as usize])));
+                }
+            }
+            file.set_len(length_bytes).map_err(io_error("truncate chunk", &path))?;
+            if sync {
+                file.sync_data().map_err(io_error("sync chunk", &path))?;
+            }
+            let per_group = BLOCKS_PER_GROUP as u64;
+            for b in keep_blocks..old_blocks {
+                if let Some(group) = groups.get_mut(&(b / per_group)) {
+                    group.clear((b % per_group) as usize);
+                }
+            }
+            if let Some((b, crc)) = new_tail_crc {
+                groups
+                    .get_mut(&(b / per_group))
+                    .expect("groups cover the tail block")
+                    .set((b % per_group) as usize, crc);
+            }
+            for (group, crcs) in &groups {
+                if crcs.is_empty() {
+                    batch.delete(SPACE_CRCS, meta::crc_key(&chunk, *group));
+                } else {
+                    disk.put_crc_group(&mut batch, &chunk, *group, crcs);
+                }
+            }
+            meta.length_bytes = length_bytes;
+        }
+        meta.chain_id = chain_id;
+        meta.version = meta.version.max(version);
+        disk.put_meta(&mut batch, &chunk, &meta);
+        disk.engine()
+            .write(batch, if sync { Durability::Synced } else { Durability::Buffered })?;
+        Ok(())
+    }
+
+    /// Deletes a chunk: its file, metadata and checksums.
+    pub fn remove(&self, chunk: ChunkId) -> StoreResult<bool> {
+        let disk = self.disk(&chunk);
+        let Some(meta) = disk.meta(&chunk)? else {
+            return Ok(false);
+        };
+        let path = disk.chunk_path(&chunk);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("remove chunk", &path)(error)),
+        }
+        let mut batch = WriteBatch::new();
+        disk.delete_chunk_records(&mut batch, &chunk, meta.chain_id);
+        disk.engine().write(batch, Durability::Buffered)?;
+        Ok(true)
+    }
+
+    /// The chunk has been acknowledged by the whole chain.
+    pub fn mark_clean(&self, chunk: ChunkId) -> StoreResult<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+        self.disk(&chunk).engine().write(batch, Durability::Buffered)?;
+        Ok(())
+    }
+
+    /// True if `chunk` was written here and not yet acknowledged downstream.
+    pub fn is_dirty(&self, chunk: &ChunkId) -> StoreResult<bool> {
+        Ok(self.disk(chunk).engine().get(SPACE_DIRTY, &chunk.key())?.is_some())
+    }
+
+    /// Makes earlier writes to `chunks` durable.
+    pub fn sync(&self, chunks: &[ChunkId]) -> StoreResult<()> {
+        for chunk in chunks {
+            let disk = self.disk(chunk);
+            let path = disk.chunk_path(chunk);
+            match disk.open_chunk(chunk, false) {
+                Ok(file) => file.sync_data().map_err(io_error("sync chunk", &path))?,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error("open chunk", &path)(error)),
+            }
+        }
+        for disk in &self.disks {
+            disk.engine().sync_wal()?;
+        }
+        Ok(())
+    }
+
+    /// Starts receiving a whole copy of `chunk`.
+    pub fn begin_copy(&self, chunk: ChunkId) -> StoreResult<IncomingCopy> {
+        let disk = self.disk(&chunk);
+        let path = disk.incoming_path(&chunk);
+        let file = disk
+            .create_incoming(&path)
+            .map_err(io_error("create incoming chunk", &path))?;
+        Ok(IncomingCopy {
+            chunk,
+            path,
+            file,
+            written_bytes: 0,
+            crcs: BTreeMap::new(),
+        })
+    }
+
+    /// Replaces the chunk with a received copy if the copy is not older than what is here.
+    /// Returns whether it was applied.
+    pub fn finish_copy(
+        &self,
+        mut copy: IncomingCopy,
+        chain_id: u64,
+        version: u64,
+        length_bytes: u64,
+    ) -> StoreResult<bool> {
+        let disk = self.disk(&copy.chunk);
+        let chunk = copy.chunk;
+        if copy.written_bytes != length_bytes {
+            let _ = std::fs::remove_file(&copy.path);
+            return Err(StoreError::Invalid {
+                chunk,
+                message: format!("copy carried {} of {length_bytes} bytes", copy.written_bytes),
+            });
+        }
+        if let Some(existing) = disk.meta(&chunk)?
+            && existing.version > version
+        {
+            let _ = std::fs::remove_file(&copy.path);
+            return Ok(false);
+        }
+        copy.file
+            .sync_all()
+            .map_err(io_error("sync incoming chunk", &copy.path))?;
+        let target = disk.chunk_path(&chunk);
+        disk.install(&copy.path, &target)
+            .map_err(io_error("install chunk", &target))?;
+        let mut batch = WriteBatch::new();
+        let old_chain = disk.meta(&chunk)?.map_or(chain_id, |m| m.chain_id);
+        disk.delete_chunk_records(&mut batch, &chunk, old_chain);
+        let per_group = BLOCKS_PER_GROUP as u64;
+        let mut groups: BTreeMap<u64, CrcGroup> = BTreeMap::new();
+        for (b, crc) in std::mem::take(&mut copy.crcs) {
+            groups
+                .entry(b / per_group)
+                .or_default()
+                .set((b % per_group) as usize, crc);
+        }
+        for (group, crcs) in &groups {
+            disk.put_crc_group(&mut batch, &chunk, *group, crcs);
+        }
+        let meta = ChunkMeta {
+            chain_id,
+            version,
+            length_bytes,
+        };
+        disk.put_meta(&mut batch, &chunk, &meta);
+        disk.engine().write(batch, Durability::Synced)?;
+        Ok(true)
+    }
+
+    /// Chunks of `chain_id` held here, in chunk order, after `after`.
+    pub fn list_chain(&self, chain_id: u64, after: Option<ChunkId>, max: usize) -> StoreResult<Vec<(ChunkId, u64)>> {
+        let max = max.clamp(1, MAX_LISTED_CHUNKS);
+        let mut all = Vec::new();
+        for disk in &self.disks {
+            all.extend(disk.list_chain(chain_id, after, max)?);
+        }
+        all.sort();
+        all.truncate(max);
+        let mut listed = Vec::with_capacity(all.len());
+        for chunk in all {
+            if let Some(meta) = self.meta(&chunk)? {
+                listed.push((chunk, meta.version));
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Chunks written here and not yet acknowledged by their chain's tail.
+    pub fn list_dirty(&self, max: usize) -> StoreResult<Vec<(ChunkId, u64)>> {
+        let mut dirty = Vec::new();
+        for disk in &self.disks {
+            disk.engine().scan(SPACE_DIRTY, &[], None, &mut |key, value| {
+                if let (Some(chunk), Ok(chain)) = (ChunkId::from_key(key), <[u8; 8]>::try_from(value)) {
+                    dirty.push((chunk, u64::from_be_bytes(chain)));
+                }
+                if dirty.len() >= max {
+                    ScanControl::Stop
+                } else {
+                    ScanControl::Continue
+                }
+            })?;
+        }
+        Ok(dirty)
+    }
+
+    /// Removes every chunk whose key starts with `prefix` (a volume, or a file).
+    fn drop_prefix(&self, prefix: &[u8]) -> StoreResult<u64> {
+        let mut removed = 0;
+        for disk in &self.disks {
+            loop {
+                let batch_of = disk.chunks_with_prefix(prefix, MAX_LISTED_CHUNKS)?;
+                if batch_of.is_empty() {
+                    break;
+                }
+                for chunk in batch_of {
+                    if self.remove(chunk)? {
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    pub fn drop_file(&self, volume_id: u64, ino: u64) -> StoreResult<u64> {
+        let mut prefix = volume_id.to_be_bytes().to_vec();
+        prefix.extend_from_slice(&ino.to_be_bytes());
+        self.drop_prefix(&prefix)
+    }
+
+    pub fn drop_volume(&self, volume_id: u64) -> StoreResult<u64> {
+        self.drop_prefix(&volume_id.to_be_bytes())
+    }
+
+    /// Number of chunks stored (bounded count).
+    pub fn chunk_count(&self) -> StoreResult<u64> {
+        let mut count = 0u64;
+        for disk in &self.disks {
+            disk.engine().scan(SPACE_CHUNKS, &[], None, &mut |_, _| {
+                count += 1;
+                if count >= 100_000_000 {
+                    ScanControl::Stop
+                } else {
+                    ScanControl::Continue
+                }
+            })?;
+        }
+        Ok(count)
+    }
+
+    pub fn usage(&self) -> Vec<DiskUsage> {
+        self.disks.iter().map(Disk::usage).collect()
+    }
+}
+
+impl IncomingCopy {
+    /// Appends the next piece of the copy (pieces arrive in order, from offset 0).
+    pub fn append(&mut self, offset: u64, data: &[u8], payload_crcs: &[u32]) -> StoreResult<()> {
+        if offset != self.written_bytes {
+            return Err(StoreError::Invalid {
+                chunk: self.chunk,
+                message: format!("copy piece at {offset}, expected {}", self.written_bytes),
+            });
+        }
+        if !offset.is_multiple_of(BLOCK_SIZE_BYTES as u64) {
+            return Err(StoreError::Invalid {
+                chunk: self.chunk,
+                message: format!("copy piece at unaligned offset {offset}"),
+            });
+        }
+        if offset + data.len() as u64 > MAX_CHUNK_SIZE_BYTES {
+            return Err(StoreError::Invalid {
+                chunk: self.chunk,
+                message: "copy larger than the largest chunk".into(),
+            });
+        }
+        let first_block = offset / BLOCK_SIZE_BYTES as u64;
+        for (i, piece) in data.chunks(BLOCK_SIZE_BYTES).enumerate() {
+            let crc = if piece.len() == BLOCK_SIZE_BYTES {
+                payload_crcs[i]
+            } else {
+                block_crc(piece)
+            };
+            self.crcs.insert(first_block + i as u64, crc);
+        }
+        if let Err(error) = self.file.write_all(data) {
+            if is_no_space(&error) {
+                return Err(StoreError::NoSpace {
+                    chunk: self.chunk,
+                    disk: self.path.clone(),
+                });
+            }
+            return Err(io_error("write incoming chunk", &self.path)(error));
+        }
+        self.written_bytes += data.len() as u64;
+        Ok(())
+    }
+}
+
+impl Drop for IncomingCopy {
+    fn drop(&mut self) {
+        // Installed copies were renamed away; anything left is an abandoned transfer.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,381 @@
+//! The chain table's maintenance, applied through the state machine's own entry point on a
+//! real RocksDB: chain creation and balance, failure, return, fill, removal and draining,
+//! and garbage acknowledgement.
+
+use std::collections::BTreeSet;
+
+use shoal_engine::{Durability, KvEngine, RocksEngine, RocksOptions};
+use shoal_registry::cluster::{self, ChainTable};
+use shoal_registry::command::{Command, CommandResult, NamespaceOp, Outcome, Proposal, VolumeSpec};
+use shoal_registry::execute::execute;
+use shoal_registry::keys::STATE_SPACES;
+use shoal_registry::records::{DataServiceState, DiskRecord, FileType};
+
+struct State {
+    engine: RocksEngine,
+    clock_ns: i64,
+    _dir: tempfile::TempDir,
+}
+
+impl State {
+    fn new() -> State {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path(), STATE_SPACES, &RocksOptions::default()).unwrap();
+        State {
+            engine,
+            clock_ns: 1,
+            _dir: dir,
+        }
+    }
+
+    fn run(&mut self, command: Command) -> CommandResult {
+        self.clock_ns += 1;
+        let proposal = Proposal {
+            request_id: None,
+            now_ns: self.clock_ns,
+            command,
+        };
+        let (batch, result) = execute(&self.engine, &proposal).expect("no storage fault");
+        self.engine.write(batch, Durability::Buffered).unwrap();
+        result
+    }
+
+    fn register(&mut self, uuid: &str, zone: &str) -> u64 {
+        let command = Command::RegisterDataService {
+            uuid: uuid.into(),
+            address: format!("{uuid}:1"),
+            zone: zone.into(),
+            disks: vec![DiskRecord {
+                path: "/d".into(),
+                capacity_bytes: 100,
+                free_bytes: 50,
+                healthy: true,
+            }],
+        };
+        match self.run(command) {
+            Ok(Outcome::DataService(record)) => record.id,
+            other => panic!("register failed: {other:?}"),
+        }
+    }
+
+    fn set_state(&mut self, id: u64, state: DataServiceState) {
+        self.run(Command::SetDataServiceState { id, state })
+            .expect("state change");
+    }
+
+    /// Creates a file striped over every chain of every replication factor, so that all
+    /// chains hold (notional) data and are no longer free to move.
+    fn use_all_chains(&mut self) {
+        for replicas in 1..=4u32 {
+            let spec = VolumeSpec {
+                name: format!("use{replicas}"),
+                replicas,
+                quota_bytes: 0,
+                quota_inodes: 0,
+                stripe_width: 64,
+                chunk_size_bytes: 0,
+                root_uid: 0,
+                root_gid: 0,
+                root_mode: 0,
+            };
+            let Ok(Outcome::Volume(info)) = self.run(Command::CreateVolume { spec }) else {
+                panic!("volume")
+            };
+            let op = NamespaceOp::Create {
+                parent: 1,
+                name: b"wide".to_vec(),
+                file_type: FileType::Regular,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                exclusive: true,
+            };
+            self.run(Command::Namespace {
+                volume_id: info.record.id,
+                op,
+            })
+            .unwrap();
+        }
+        assert!(self.table().chains.iter().all(|c| c.used));
+    }
+
+    fn table(&self) -> ChainTable {
+        cluster::chain_table(&self.engine).unwrap()
+    }
+}
+
+fn targets(table: &ChainTable, replicas: u32) -> Vec<Vec<(u64, bool)>> {
+    table
+        .chains
+        .iter()
+        .filter(|c| c.replicas == replicas)
+        .map(|c| c.targets.iter().map(|t| (t.data_service_id, t.serving)).collect())
+        .collect()
+}
+
+#[test]
+fn chains_are_created_balanced_and_spread_over_zones() {
+    let mut state = State::new();
+    let ids: Vec<u64> = (0..4)
+        .map(|i| state.register(&format!("ds{i}"), &format!("z{}", i % 2)))
+        .collect();
+    let table = state.table();
+    for replicas in 1..=3u32 {
+        let chains = targets(&table, replicas);
+        assert_eq!(chains.len(), 4, "replicas {replicas}: one chain per data service");
+        let heads: BTreeSet<u64> = chains.iter().map(|c| c[0].0).collect();
+        assert_eq!(heads.len(), 4, "replicas {replicas}: every service heads one chain");
+        for chain in &chains {
+            assert_eq!(chain.len(), replicas as usize);
+            let members: BTreeSet<u64> = chain.iter().map(|t| t.0).collect();
+            assert_eq!(members.len(), chain.len(), "a chain holds distinct services");
+            assert!(chain.iter().all(|t| t.1), "new chains serve at once");
+        }
+        for id in &ids {
+            let memberships = chains.iter().filter(|c| c.iter().any(|t| t.0 == *id)).count();
+            assert_eq!(
+                memberships, replicas as usize,
+                "service {id} is in {memberships} chains of {replicas}"
+            );
+        }
+    }
+    // Two zones: chains of two copies never put both in one zone.
+    for chain in targets(&table, 2) {
+        let zones: BTreeSet<u64> = chain.iter().map(|t| (t.0 - 1) % 2).collect();
+        assert_eq!(zones.len(), 2, "chain {chain:?} has both copies in one zone");
+    }
+    assert!(targets(&table, 5).is_empty(), "five copies need five services");
+}
+
+#[test]
+fn failure_return_fill_removal_and_draining() {
+    let mut state = State::new();
+    let ids: Vec<u64> = (0..4).map(|i| state.register(&format!("ds{i}"), "")).collect();
+    state.use_all_chains();
+    let before = state.table();
+    let victim = ids[1];
+    state.set_state(victim, DataServiceState::Down);
+    let down = state.table();
+    assert!(down.version > before.version);
+    for chain in &down.chains {
+        assert!(!chain.has_target(victim), "a down service leaves chain {}", chain.id);
+        let old = before.chains.iter().find(|c| c.id == chain.id).unwrap();
+        if old.has_target(victim) {
+            assert_eq!(chain.missing, vec![victim]);
+            assert_eq!(chain.version, old.version + 1);
+        } else {
+            assert_eq!(chain.version, old.version, "untouched chains keep their version");
+        }
+    }
+    // Back: at the tail, filled before it serves (or at once where it is alone).
+    state.set_state(victim, DataServiceState::Up);
+    let back = state.table();
+    for chain in back.chains.iter().filter(|c| c.has_target(victim)) {
+        let last = chain.targets.last().unwrap();
+        assert_eq!(
+            last.data_service_id, victim,
+            "chain {} puts the returning service last",
+            chain.id
+        );
+        let others_serving = chain.targets.iter().any(|t| t.data_service_id != victim && t.serving);
+        assert_eq!(last.serving, !others_serving, "chain {}", chain.id);
+        if !last.serving {
+            let done = state.run(Command::ChainSyncDone {
+                chain_id: chain.id,
+                chain_version: chain.version - 1,
+                data_service_id: victim,
+            });
+            assert_eq!(
+                done.unwrap_err().errno,
+                shoal_proto::errno::Errno::ESTALE,
+                "a stale sync is refused"
+            );
+            state
+                .run(Command::ChainSyncDone {
+                    chain_id: chain.id,
+                    chain_version: chain.version,
+                    data_service_id: victim,
+                })
+                .unwrap();
+        }
+    }
+    assert!(state.table().chains.iter().all(|c| c.targets.iter().all(|t| t.serving)));
+
+    // Removed for good: replaced by another service, which must be filled.
+    let removed = ids[0];
+    state.set_state(removed, DataServiceState::Removed);
+    let table = state.table();
+    for chain in &table.chains {
+        assert!(!chain.has_target(removed) && !chain.missing.contains(&removed));
+        let expected = (chain.replicas as usize).min(3);
+        assert_eq!(
+            chain.targets.len(),
+            expected,
+            "chain {} was given a replacement",
+            chain.id
+        );
+    }
+    assert!(
+        state
+            .run(Command::SetDataServiceState {
+                id: removed,
+                state: DataServiceState::Up
+            })
+            .is_err(),
+        "removal is final"
+    );
+    for chain in table.chains.iter().filter(|c| c.targets.iter().any(|t| !t.serving)) {
+        let filling = chain.targets.iter().find(|t| !t.serving).unwrap();
+        state
+            .run(Command::ChainSyncDone {
+                chain_id: chain.id,
+                chain_version: chain.version,
+                data_service_id: filling.data_service_id,
+            })
+            .unwrap();
+    }
+
+    // Draining: stays until its replacement serves, then leaves.
+    let draining = ids[2];
+    state.set_state(draining, DataServiceState::Draining);
+    let table = state.table();
+    let chain = table
+        .chains
+        .iter()
+        .find(|c| c.has_target(draining) && c.replicas == 2)
+        .unwrap()
+        .clone();
+    let replacement = chain
+        .targets
+        .iter()
+        .find(|t| !t.serving)
+        .expect("a replacement is being filled");
+    state
+        .run(Command::ChainSyncDone {
+            chain_id: chain.id,
+            chain_version: chain.version,
+            data_service_id: replacement.data_service_id,
+        })
+        .unwrap();
+    let after = state.table();
+    let chain = after.chains.iter().find(|c| c.id == chain.id).unwrap();
+    assert!(
+        !chain.has_target(draining),
+        "the drained service left once its replacement served"
+    );
+}
+
+#[test]
+fn unused_chains_move_but_used_chains_keep_their_targets() {
+    let mut state = State::new();
+    state.register("a", "");
+    state.register("b", "");
+    state.use_all_chains();
+    let used = state.table();
+    state.register("c", "");
+    let after = state.table();
+    for chain in &used.chains {
+        let now = after.chains.iter().find(|c| c.id == chain.id).unwrap();
+        assert_eq!(now.targets, chain.targets, "used chain {} must not move", chain.id);
+    }
+}
+
+#[test]
+fn garbage_is_forgotten_once_every_holder_acknowledged() {
+    let mut state = State::new();
+    let ids: Vec<u64> = (0..3).map(|i| state.register(&format!("ds{i}"), "")).collect();
+    let volume_id = match state.run(Command::CreateVolume {
+        spec: VolumeSpec {
+            name: "v".into(),
+            replicas: 2,
+            quota_bytes: 0,
+            quota_inodes: 0,
+            stripe_width: 1,
+            chunk_size_bytes: 0,
+            root_uid: 0,
+            root_gid: 0,
+            root_mode: 0,
+        },
+    }) {
+        Ok(Outcome::Volume(info)) => info.record.id,
+        other => panic!("{other:?}"),
+    };
+    let create = NamespaceOp::Create {
+        parent: 1,
+        name: b"f".to_vec(),
+        file_type: FileType::Regular,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        exclusive: true,
+    };
+    let ino = match state.run(Command::Namespace { volume_id, op: create }) {
+        Ok(Outcome::Attr(attr)) => attr.ino,
+        other => panic!("{other:?}"),
+    };
+    state
+        .run(Command::Namespace {
+            volume_id,
+            op: NamespaceOp::Unlink {
+                parent: 1,
+                name: b"f".to_vec(),
+            },
+        })
+        .unwrap();
+    let holders: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|id| cluster::list_garbage(&state.engine, *id, 10).unwrap().files == vec![(volume_id, ino)])
+        .collect();
+    assert_eq!(holders.len(), 2, "a file on one chain of two copies has two holders");
+    state
+        .run(Command::AckGarbage {
+            data_service_id: holders[0],
+            files: vec![(volume_id, ino)],
+            volumes: vec![],
+        })
+        .unwrap();
+    assert!(
+        cluster::list_garbage(&state.engine, holders[0], 10)
+            .unwrap()
+            .files
+            .is_empty()
+    );
+    assert_eq!(
+        cluster::list_garbage(&state.engine, holders[1], 10).unwrap().files,
+        vec![(volume_id, ino)]
+    );
+    state
+        .run(Command::AckGarbage {
+            data_service_id: holders[1],
+            files: vec![(volume_id, ino)],
+            volumes: vec![],
+        })
+        .unwrap();
+    for id in &ids {
+        assert!(cluster::list_garbage(&state.engine, *id, 10).unwrap().files.is_empty());
+    }
+    state.run(Command::DeleteVolume { name: "v".into() }).unwrap();
+    for id in &ids {
+        assert_eq!(
+            cluster::list_garbage(&state.engine, *id, 10).unwrap().volumes,
+            vec![volume_id]
+        );
+        state
+            .run(Command::AckGarbage {
+                data_service_id: *id,
+                files: vec![],
+                volumes: vec![volume_id],
+            })
+            .unwrap();
+    }
+    assert!(
+        cluster::list_garbage(&state.engine, ids[0], 10)
+            .unwrap()
+            .volumes
+            .is_empty(),
+        "acknowledged by all, forgotten"
+    );
+}
