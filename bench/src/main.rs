@@ -2,6 +2,8 @@
 //! `bench/RESULTS.md`. Benchmarks measure; they never assert timing.
 
 mod data;
+mod fio;
+mod fuse;
 mod meta;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,9 @@ enum Command {
     /// Data path through the client library beside local disk: sequential 1 MiB write and
     /// read, 4 KiB random read, at replication 1 and 3.
     Data(data::DataArgs),
+    /// The yardstick fio job set on Shoal FUSE mounts (1 and 3 copies) beside the FUSE
+    /// ceiling (nullfs.c), a FUSE passthrough (bindfs) and the local disk.
+    Fuse(fuse::FuseArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Meta(args) => meta::run(args).await,
             Command::Data(args) => data::run(args).await,
+            Command::Fuse(args) => fuse::run(args).await,
         }
     })
 }

@@ -69,6 +69,7 @@ async fn phase(
                         volume_id,
                         parent: directory,
                         name: name("g", i),
+                        ..Default::default()
                     })
                     .await?;
             }

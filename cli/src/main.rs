@@ -4,6 +4,7 @@
 mod data_cmd;
 mod files_cmd;
 mod format;
+mod mount_cmd;
 mod registry_cmd;
 mod status_cmd;
 mod up_cmd;
@@ -63,6 +64,8 @@ enum Command {
     Ls(files_cmd::LsCommand),
     /// Write a file of a volume (shoal://VOLUME/PATH) to standard output.
     Cat(files_cmd::CatCommand),
+    /// Mount a volume through FUSE (unmount with `umount DIR`).
+    Mount(mount_cmd::MountCommand),
 }
 
 fn init_logging(default_level: &str) {
@@ -79,10 +82,24 @@ fn main() -> std::process::ExitCode {
     let daemon = match &cli.command {
         Command::Registry(command) => command.runs_node(),
         Command::Data(_) | Command::Up(_) => true,
+        Command::Mount(command) => command.runs_daemon(),
         _ => false,
     };
     // openraft narrates every election tick at info level; keep its warnings only.
     init_logging(if daemon { "info,openraft=warn" } else { "warn" });
+    // The mount builds its own runtime (its FUSE session blocks a thread); run it outside.
+    let cli = match cli.command {
+        Command::Mount(command) => {
+            return match command.run() {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("shoal: {error:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        command => Cli { command },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -100,6 +117,7 @@ fn main() -> std::process::ExitCode {
             Command::Cp(command) => command.run().await,
             Command::Ls(command) => command.run().await,
             Command::Cat(command) => command.run().await,
+            Command::Mount(_) => unreachable!("mount runs outside the shared runtime"),
         }
     });
     match result {

@@ -1,8 +1,9 @@
 //! `shoal up`: a complete local Shoal under one directory, the embedded default.
 //!
 //! It runs a single-node registry and N data services as child processes on loopback, each
-//! with its state under `--dir`, creates the `default` volume, and stops everything on
-//! Ctrl-C. The ports chosen on the first run are kept in `DIR/shoal-up.json`, so a second
+//! with its state under `--dir`, creates the `default` volume, mounts it through FUSE (a
+//! `shoal mount --foreground` child; `DIR/mnt` unless told otherwise), and stops everything,
+//! mount first, on Ctrl-C. The ports chosen on the first run are kept in `DIR/shoal-up.json`, so a second
 //! run with the same directory brings back the same cluster with its data.
 
 use std::path::{Path, PathBuf};
@@ -28,9 +29,12 @@ pub struct UpCommand {
     /// Number of data services.
     #[arg(long, default_value_t = 3)]
     data_services: u32,
-    /// Mount the default volume here (needs the FUSE client).
-    #[arg(long)]
+    /// Mount the default volume here [default: DIR/mnt].
+    #[arg(long, conflicts_with = "no_mount")]
     mount: Option<PathBuf>,
+    /// Do not mount the default volume.
+    #[arg(long)]
+    no_mount: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -241,6 +245,14 @@ impl UpCommand {
                     .await?
             }
         };
+        let mountpoint = match (&self.mount, self.no_mount) {
+            (_, true) => None,
+            (Some(path), false) => Some(path.clone()),
+            (None, false) => Some(dir.join("mnt")),
+        };
+        if let Some(mountpoint) = &mountpoint {
+            mount_default_volume(&mut children, mountpoint, &registry_address, &dir).await?;
+        }
         println!("Shoal is up.");
         println!("  state:         {}", dir.display());
         println!(
@@ -255,14 +267,22 @@ impl UpCommand {
             );
         }
         println!("  volume:        {:?} ({} replicas)", volume.name, volume.replicas);
-        if let Some(mount) = &self.mount {
+        if let Some(mountpoint) = &mountpoint {
             println!(
-                "  mount:         {} was not mounted: the FUSE client is not part of this build yet",
-                mount.display()
+                "  mount:         {} (volume {DEFAULT_VOLUME:?}; log: {})",
+                mountpoint.display(),
+                dir.join("logs/mount.log").display()
             );
         }
         println!();
         println!("Try:");
+        if let Some(mountpoint) = &mountpoint {
+            println!(
+                "  cp /etc/hostname {}/ && ls -l {}",
+                mountpoint.display(),
+                mountpoint.display()
+            );
+        }
         println!("  export SHOAL_REGISTRY={registry_address}");
         println!("  shoal status");
         println!(
@@ -284,4 +304,48 @@ impl UpCommand {
         println!("stopped.");
         Ok(())
     }
+}
+
+/// Starts `shoal mount --foreground` for the default volume as one more child, and waits
+/// until the kernel shows the mount.
+async fn mount_default_volume(
+    children: &mut Children,
+    mountpoint: &Path,
+    registry_address: &str,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("cannot create mount point {}", mountpoint.display()))?;
+    let mountpoint = match std::fs::canonicalize(mountpoint) {
+        Ok(path) => path,
+        Err(error) if error.raw_os_error() == Some(nix::libc::ENOTCONN) => bail!(
+            "a dead mount is left at {}: release it with `umount -l {}` and run again",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Err(error) => return Err(error).with_context(|| format!("cannot use mount point {}", mountpoint.display())),
+    };
+    if crate::mount_cmd::is_mounted(&mountpoint) {
+        bail!(
+            "{} is already a mount point: unmount it first (umount {})",
+            mountpoint.display(),
+            mountpoint.display()
+        );
+    }
+    children.0.push(Managed::spawn(
+        "mount",
+        &[
+            "mount".into(),
+            DEFAULT_VOLUME.into(),
+            mountpoint.display().to_string(),
+            "--foreground".into(),
+            format!("--registry={registry_address}"),
+        ],
+        dir.join("logs/mount.log"),
+    )?);
+    wait_until(children, "the FUSE mount", || {
+        let mounted = crate::mount_cmd::is_mounted(&mountpoint);
+        async move { mounted.then_some(()) }
+    })
+    .await
 }

@@ -522,6 +522,7 @@ async fn deleted_and_truncated_data_is_reclaimed_and_nothing_else() {
                 volume_id,
                 parent: 1,
                 name: Bytes::from_static(b"doomed"),
+                ..Default::default()
             })
             .await?;
         let shrink = file::truncate(&data, volume_id, &shrink, 5 * MIB).await?;

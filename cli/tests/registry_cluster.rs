@@ -103,6 +103,7 @@ async fn run_client(
                         volume_id,
                         parent: directory,
                         name: renamed.clone().into(),
+                        ..Default::default()
                     })
                     .await?;
                 names.remove(&renamed);

@@ -112,6 +112,7 @@ async fn build_tree(client: &RegistryClient, volume_id: u64) -> anyhow::Result<(
             volume_id,
             parent: deep.ino,
             name: name("file-8"),
+            ..Default::default()
         })
         .await?;
     Ok(())
@@ -165,6 +166,7 @@ async fn restart_from_disk_keeps_everything() {
                     volume_id: volume.id,
                     parent: 1,
                     name: name(&format!("after-{how}")),
+                    ..Default::default()
                 })
                 .await?;
             before = dump_volume(&client, volume.id).await?;
@@ -424,7 +426,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
                     .unlink(pb::UnlinkRequest {
                         volume_id: v,
                         parent: 1,
-                        name: name("docs")
+                        name: name("docs"),
+                        ..Default::default()
                     })
                     .await
             ),
@@ -436,7 +439,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
                     .unlink(pb::UnlinkRequest {
                         volume_id: v,
                         parent: 1,
-                        name: name("ghost")
+                        name: name("ghost"),
+                        ..Default::default()
                     })
                     .await
             ),

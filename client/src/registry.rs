@@ -388,6 +388,20 @@ impl RegistryClient {
         mutating = false
     );
     rpc!(ack_garbage, admin, pb::AckGarbageRequest, pb::Empty, mutating = true);
+    rpc!(
+        renew_session,
+        admin,
+        pb::RenewSessionRequest,
+        pb::Empty,
+        mutating = false
+    );
+    rpc!(
+        release_orphan,
+        namespace,
+        pb::ReleaseOrphanRequest,
+        pb::Empty,
+        mutating = true
+    );
     rpc!(extend_file_raw => extend_file, namespace, pb::ExtendFileRequest, pb::AttrReply, mutating = true);
     rpc!(assign_layout_raw => assign_layout, namespace, pb::AssignLayoutRequest, pb::AttrReply, mutating = true);
     rpc!(members, admin, pb::Empty, pb::MembersReply, mutating = false);

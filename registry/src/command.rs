@@ -98,6 +98,17 @@ pub enum NamespaceOp {
     AssignLayout {
         ino: u64,
     },
+    /// Unlink, but if this removes the last link of a regular file, keep its data for the
+    /// mount session that still has it open (an orphan).
+    UnlinkKeepOpen {
+        parent: u64,
+        name: Vec<u8>,
+        session_id: u64,
+    },
+    /// The session that held an orphan closed it: its data becomes garbage.
+    ReleaseOrphan {
+        ino: u64,
+    },
 }
 
 /// Settings of a new volume; zero fields take defaults.
@@ -177,6 +188,8 @@ impl Command {
                 NamespaceOp::RemoveXattr { .. } => "removexattr",
                 NamespaceOp::ExtendFile { .. } => "extend-file",
                 NamespaceOp::AssignLayout { .. } => "assign-layout",
+                NamespaceOp::UnlinkKeepOpen { .. } => "unlink-keep-open",
+                NamespaceOp::ReleaseOrphan { .. } => "release-orphan",
             },
             Command::CreateVolume { .. } => "create-volume",
             Command::DeleteVolume { .. } => "delete-volume",

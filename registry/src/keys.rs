@@ -35,6 +35,7 @@ const NS_DENTRY: u8 = 0x02;
 const NS_ORDER: u8 = 0x03;
 const NS_XATTR: u8 = 0x04;
 const NS_GARBAGE: u8 = 0x05;
+const NS_ORPHAN: u8 = 0x06;
 
 fn with_tag(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -86,6 +87,7 @@ pub fn deleted_volume(volume_id: u64) -> Vec<u8> {
 
 const SESSION_RESULT: u8 = 0x00;
 const SESSION_EXPIRY: u8 = 0x01;
+const SESSION_EXPIRED_THROUGH: u8 = 0x02;
 
 /// The remembered result of request `(client_id, sequence)`.
 pub fn session_result(client_id: u64, sequence: u64) -> Vec<u8> {
@@ -106,6 +108,11 @@ pub fn session_expiry(recorded_ns: i64, client_id: u64, sequence: u64) -> Vec<u8
 }
 pub fn session_expiry_prefix() -> Vec<u8> {
     vec![SESSION_EXPIRY]
+}
+/// The last expiry key removed: everything up to it is gone, so the next cleanup starts
+/// there instead of stepping over the deletion markers of all earlier ones.
+pub fn session_expired_through() -> Vec<u8> {
+    vec![SESSION_EXPIRED_THROUGH]
 }
 /// Decodes (recorded_ns, client_id, sequence) from an expiry key.
 pub fn parse_session_expiry(key: &[u8]) -> (i64, u64, u64) {
@@ -164,6 +171,13 @@ pub fn xattr_prefix(volume_id: u64, ino: u64) -> Vec<u8> {
 /// The name part of an xattr key built with `xattr_prefix`.
 pub fn xattr_name(prefix_len: usize, key: &[u8]) -> &[u8] {
     &key[prefix_len..]
+}
+/// A file whose last name is gone while a mount still has it open.
+pub fn orphan(volume_id: u64, ino: u64) -> Vec<u8> {
+    ns_key(volume_id, NS_ORPHAN, &[&ino.to_be_bytes()])
+}
+pub fn orphan_prefix(volume_id: u64) -> Vec<u8> {
+    ns_key(volume_id, NS_ORPHAN, &[])
 }
 pub fn garbage_prefix(volume_id: u64) -> Vec<u8> {
     ns_key(volume_id, NS_GARBAGE, &[])

@@ -206,6 +206,20 @@ impl Record for ChainRecord {
     const NAME: &'static str = "chain";
 }
 
+/// A file unlinked while a mount had it open: its chunks stay until that mount releases it
+/// (or its session expires), then it becomes garbage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrphanRecord {
+    pub ino: u64,
+    pub layout: Layout,
+    pub size_bytes: u64,
+    pub session_id: u64,
+    pub since_ns: i64,
+}
+impl Record for OrphanRecord {
+    const NAME: &'static str = "orphan";
+}
+
 /// The chains that files of volumes with one replication factor are striped over.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainSet {

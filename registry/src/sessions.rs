@@ -55,11 +55,21 @@ pub fn remember(txn: &mut Txn<'_>, request_id: RequestId, now_ns: i64, result: &
 
 /// Forgets up to [`EXPIRED_PER_APPLY`] results recorded before `now_ns - SESSION_TTL_NS`.
 pub fn expire(txn: &mut Txn<'_>, now_ns: i64) -> Result<(), StorageFault> {
-    let prefix = keys::session_expiry_prefix();
+    // Starting after the last removed key matters: RocksDB keeps a deletion marker for every
+    // removed key until compaction, and a scan from the prefix would step over all of them
+    // on every request.
+    let start = txn
+        .get(SPACE_SESSIONS, &keys::session_expired_through())?
+        .unwrap_or_else(keys::session_expiry_prefix);
     let end = keys::session_expiry(now_ns.saturating_sub(SESSION_TTL_NS), 0, 0);
+    if start >= end {
+        return Ok(());
+    }
     let mut expired = Vec::with_capacity(EXPIRED_PER_APPLY);
-    txn.scan_committed(SPACE_SESSIONS, &prefix, &end, &mut |key, _| {
+    let mut last_key = None;
+    txn.scan_committed(SPACE_SESSIONS, &start, &end, &mut |key, _| {
         expired.push(keys::parse_session_expiry(key));
+        last_key = Some(key.to_vec());
         if expired.len() >= EXPIRED_PER_APPLY {
             ScanControl::Stop
         } else {
@@ -69,6 +79,9 @@ pub fn expire(txn: &mut Txn<'_>, now_ns: i64) -> Result<(), StorageFault> {
     for (recorded_ns, client_id, sequence) in expired {
         txn.delete(SPACE_SESSIONS, keys::session_expiry(recorded_ns, client_id, sequence));
         txn.delete(SPACE_SESSIONS, keys::session_result(client_id, sequence));
+    }
+    if let Some(last_key) = last_key {
+        txn.put(SPACE_SESSIONS, keys::session_expired_through(), last_key);
     }
     Ok(())
 }

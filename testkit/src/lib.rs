@@ -4,12 +4,14 @@
 
 mod data;
 mod dump;
+mod mount;
 mod process;
 mod registry;
 mod wait;
 
 pub use data::{DataServiceProcess, ShoalCluster};
 pub use dump::dump_volume;
+pub use mount::{FuseMount, MountSpec, MountedCluster, is_fuse_mounted};
 pub use process::Process;
 pub use registry::{RegistryCluster, RegistryNode};
 pub use wait::wait_for;

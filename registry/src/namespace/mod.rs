@@ -119,8 +119,16 @@ pub fn apply(txn: &mut Txn<'_>, volume_id: u64, now_ns: i64, op: &NamespaceOp) -
             new_name,
         } => ns.link(*ino, *new_parent, new_name).map(Outcome::Attr),
         NamespaceOp::Unlink { parent, name } => ns
-            .unlink(*parent, name)
+            .unlink(*parent, name, None)
             .map(|(ino, nlink_remaining)| Outcome::Unlinked { ino, nlink_remaining }),
+        NamespaceOp::UnlinkKeepOpen {
+            parent,
+            name,
+            session_id,
+        } => ns
+            .unlink(*parent, name, Some(*session_id))
+            .map(|(ino, nlink_remaining)| Outcome::Unlinked { ino, nlink_remaining }),
+        NamespaceOp::ReleaseOrphan { ino } => ns.release_orphan(*ino).map(|()| Outcome::Done),
         NamespaceOp::Rmdir { parent, name } => ns.rmdir(*parent, name).map(|()| Outcome::Done),
         NamespaceOp::Rename {
             parent,

@@ -6,10 +6,12 @@ use shoal_proto::errno::Errno;
 use super::{Namespace, NsError, NsResult, validate};
 use crate::keys::{self, SPACE_NAMESPACE};
 use crate::limits::MAX_XATTRS_PER_INODE;
-use crate::records::{Dentry, FileType, GarbageRecord, Inode};
+use crate::records::{Dentry, FileType, GarbageRecord, Inode, OrphanRecord};
 
 impl Namespace<'_, '_> {
-    pub(super) fn unlink(&mut self, parent: u64, name: &[u8]) -> NsResult<(u64, u32)> {
+    /// Removes a name. With `keep_for_session`, a regular file losing its last link keeps
+    /// its data as an orphan of that mount session instead of becoming garbage.
+    pub(super) fn unlink(&mut self, parent: u64, name: &[u8], keep_for_session: Option<u64>) -> NsResult<(u64, u32)> {
         validate::entry_name(name)?;
         let mut parent_inode = self.directory(parent)?;
         let dentry = self.existing_entry(parent, name)?;
@@ -27,8 +29,27 @@ impl Namespace<'_, '_> {
         parent_inode.mtime_ns = self.now_ns;
         parent_inode.ctime_ns = self.now_ns;
         self.store_inode(parent, &parent_inode);
-        let remaining = self.drop_link(dentry.ino)?;
+        let remaining = self.drop_link_keeping(dentry.ino, keep_for_session)?;
         Ok((dentry.ino, remaining))
+    }
+
+    /// The session holding an orphan closed it: its chunks become garbage.
+    pub(super) fn release_orphan(&mut self, ino: u64) -> NsResult<()> {
+        let key = keys::orphan(self.volume_id(), ino);
+        let Some(orphan) = self.txn.get_record::<OrphanRecord>(SPACE_NAMESPACE, &key)? else {
+            return Ok(());
+        };
+        self.txn.delete(SPACE_NAMESPACE, key);
+        let garbage = GarbageRecord {
+            ino,
+            layout: orphan.layout,
+            size_bytes: orphan.size_bytes,
+            deleted_ns: self.now_ns,
+            acked_by: Vec::new(),
+        };
+        self.txn
+            .put_record(SPACE_NAMESPACE, keys::garbage(self.volume_id(), ino), &garbage);
+        Ok(())
     }
 
     pub(super) fn rmdir(&mut self, parent: u64, name: &[u8]) -> NsResult<()> {
@@ -82,17 +103,40 @@ impl Namespace<'_, '_> {
     /// Removes one link to the non-directory `ino` (its entry is already gone) and deletes
     /// the inode with its last link. Returns the links left.
     pub(super) fn drop_link(&mut self, ino: u64) -> NsResult<u32> {
+        self.drop_link_keeping(ino, None)
+    }
+
+    fn drop_link_keeping(&mut self, ino: u64, keep_for_session: Option<u64>) -> NsResult<u32> {
         let mut inode = self.inode(ino)?;
         assert!(inode.file_type != FileType::Directory, "directories are removed whole");
         assert!(inode.nlink >= 1, "a linked inode has nlink >= 1");
         inode.nlink -= 1;
         if inode.nlink == 0 {
             self.delete_inode(ino, &inode)?;
+            if let (Some(session_id), FileType::Regular) = (keep_for_session, inode.file_type) {
+                self.keep_as_orphan(ino, &inode, session_id);
+            }
             return Ok(0);
         }
         inode.ctime_ns = self.now_ns;
         self.store_inode(ino, &inode);
         Ok(inode.nlink)
+    }
+
+    /// Turns the garbage record `delete_inode` just wrote into an orphan of `session_id`.
+    fn keep_as_orphan(&mut self, ino: u64, inode: &Inode, session_id: u64) {
+        let volume_id = self.volume_id();
+        self.txn.delete(SPACE_NAMESPACE, keys::garbage(volume_id, ino));
+        let Some(layout) = inode.layout.clone() else { return };
+        let orphan = OrphanRecord {
+            ino,
+            layout,
+            size_bytes: inode.size_bytes,
+            session_id,
+            since_ns: self.now_ns,
+        };
+        self.txn
+            .put_record(SPACE_NAMESPACE, keys::orphan(volume_id, ino), &orphan);
     }
 
     /// Deletes an inode that has no entry left: its record, its xattrs, its usage, and (for

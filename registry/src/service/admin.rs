@@ -237,6 +237,12 @@ impl Admin for AdminService {
         }))
     }
 
+    async fn renew_session(&self, request: Request<pb::RenewSessionRequest>) -> Result<Response<pb::Empty>, Status> {
+        self.core.require_leader()?;
+        self.core.liveness.renew_session(request.get_ref().session_id);
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn ack_garbage(&self, request: Request<pb::AckGarbageRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = request.get_ref();
         let command = Command::AckGarbage {

@@ -10,9 +10,15 @@ use std::time::Instant;
 
 use crate::limits::MAX_DATA_SERVICES;
 
+/// Most mount sessions tracked at once.
+const MAX_SESSIONS: usize = 100_000;
+/// A mount session not renewed for this long loses the orphans it held.
+pub const SESSION_LEASE_MS: u64 = 60_000;
+
 #[derive(Default)]
 pub struct Liveness {
     last_seen: Mutex<HashMap<u64, Instant>>,
+    sessions: Mutex<HashMap<u64, Instant>>,
 }
 
 impl Liveness {
@@ -24,6 +30,27 @@ impl Liveness {
             return;
         }
         last_seen.insert(data_service_id, Instant::now());
+    }
+
+    pub fn renew_session(&self, session_id: u64) {
+        let mut sessions = self.sessions.lock().expect("liveness lock poisoned");
+        if sessions.len() >= MAX_SESSIONS && !sessions.contains_key(&session_id) {
+            // Forget the stalest first: a bound on memory, whatever the number of mounts.
+            let lease = std::time::Duration::from_millis(SESSION_LEASE_MS);
+            sessions.retain(|_, seen| seen.elapsed() < lease);
+            if sessions.len() >= MAX_SESSIONS {
+                return;
+            }
+        }
+        sessions.insert(session_id, Instant::now());
+    }
+
+    /// True if `session_id` renewed within its lease.
+    pub fn session_alive(&self, session_id: u64) -> bool {
+        let sessions = self.sessions.lock().expect("liveness lock poisoned");
+        sessions
+            .get(&session_id)
+            .is_some_and(|seen| seen.elapsed().as_millis() < u128::from(SESSION_LEASE_MS))
     }
 
     /// Milliseconds since the last heartbeat of `data_service_id`, if any was seen.
@@ -72,6 +99,9 @@ pub async fn run_failure_detector(
                 continue;
             }
         };
+        if since.elapsed() >= std::time::Duration::from_millis(SESSION_LEASE_MS) {
+            expire_orphans(&core).await;
+        }
         for service in services
             .iter()
             .filter(|s| s.state == crate::records::DataServiceState::Up)
@@ -96,6 +126,58 @@ pub async fn run_failure_detector(
             if let Err(status) = core.propose(command, None).await {
                 tracing::warn!(data_service = service.id, %status, "could not mark data service down");
             }
+        }
+    }
+}
+
+/// Most orphans released per check.
+const MAX_ORPHANS_PER_CHECK: usize = 256;
+
+/// Releases orphans whose mount session stopped renewing (the mount died): their chunks
+/// become garbage.
+async fn expire_orphans(core: &super::RegistryCore) {
+    let engine = core.state.engine();
+    let Ok(volumes) = crate::cluster::list_volumes(engine.as_ref()) else {
+        return;
+    };
+    let mut expired = Vec::new();
+    for volume in volumes {
+        let volume_id = volume.record.id;
+        let prefix = crate::keys::orphan_prefix(volume_id);
+        let end = shoal_engine::prefix_end(&prefix).expect("non-empty prefix");
+        let _ = shoal_engine::KvRead::scan(
+            engine.as_ref(),
+            crate::keys::SPACE_NAMESPACE,
+            &prefix,
+            Some(&end),
+            &mut |_, value| {
+                if let Ok(orphan) = <crate::records::OrphanRecord as crate::records::Record>::decode(value)
+                    && !core.liveness.session_alive(orphan.session_id)
+                {
+                    expired.push((volume_id, orphan.ino, orphan.session_id));
+                }
+                if expired.len() >= MAX_ORPHANS_PER_CHECK {
+                    shoal_engine::ScanControl::Stop
+                } else {
+                    shoal_engine::ScanControl::Continue
+                }
+            },
+        );
+    }
+    drop(engine);
+    for (volume_id, ino, session_id) in expired {
+        tracing::info!(
+            volume_id,
+            ino,
+            session_id,
+            "mount session expired; releasing the file it held open"
+        );
+        let command = crate::command::Command::Namespace {
+            volume_id,
+            op: crate::command::NamespaceOp::ReleaseOrphan { ino },
+        };
+        if let Err(status) = core.propose(command, None).await {
+            tracing::warn!(volume_id, ino, %status, "could not release orphan");
         }
     }
 }

@@ -135,9 +135,17 @@ impl Namespace for NamespaceService {
 
     async fn unlink(&self, request: Request<pb::UnlinkRequest>) -> Result<Response<pb::UnlinkReply>, Status> {
         let r = request.get_ref();
-        let op = NamespaceOp::Unlink {
-            parent: r.parent,
-            name: r.name.to_vec(),
+        let op = if r.keep_open_session == 0 {
+            NamespaceOp::Unlink {
+                parent: r.parent,
+                name: r.name.to_vec(),
+            }
+        } else {
+            NamespaceOp::UnlinkKeepOpen {
+                parent: r.parent,
+                name: r.name.to_vec(),
+                session_id: r.keep_open_session,
+            }
         };
         match self.change(&request, r.volume_id, op).await? {
             Outcome::Unlinked { ino, nlink_remaining } => Ok(Response::new(pb::UnlinkReply { ino, nlink_remaining })),
@@ -267,6 +275,13 @@ impl Namespace for NamespaceService {
         let r = request.get_ref();
         let op = NamespaceOp::AssignLayout { ino: r.ino };
         self.change_attr(&request, r.volume_id, op).await
+    }
+
+    async fn release_orphan(&self, request: Request<pb::ReleaseOrphanRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = request.get_ref();
+        let op = NamespaceOp::ReleaseOrphan { ino: r.ino };
+        self.change(&request, r.volume_id, op).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn stat_fs(&self, request: Request<pb::StatFsRequest>) -> Result<Response<pb::StatFsReply>, Status> {

@@ -1,0 +1,120 @@
+//! Running the yardstick fio job set (`../shared/yardsticks/jobs`) against a directory and
+//! reading back one figure per job from fio's JSON output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+
+/// One job of the set: its file name, the figure it yields, and whether the page cache is
+/// dropped first (read jobs must read from the file system, not from memory).
+pub struct Job {
+    pub name: &'static str,
+    pub figure: Figure,
+    pub drop_caches_first: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Figure {
+    WriteMibPerSecond,
+    ReadMibPerSecond,
+    WriteIops,
+    ReadIops,
+    /// fio's file engines (create, stat, delete) count each operation as a read.
+    OperationsPerSecond,
+}
+
+impl Figure {
+    pub fn unit(self) -> &'static str {
+        match self {
+            Figure::WriteMibPerSecond | Figure::ReadMibPerSecond => "MiB/s",
+            Figure::WriteIops | Figure::ReadIops => "IOPS",
+            Figure::OperationsPerSecond => "ops/s",
+        }
+    }
+}
+
+/// The job set in the order it must run: reads follow the writes that made their files.
+pub const JOBS: [Job; 9] = [
+    job("J1x1", Figure::WriteMibPerSecond, false),
+    job("J2x1", Figure::ReadMibPerSecond, true),
+    job("J1x4", Figure::WriteMibPerSecond, false),
+    job("J2x4", Figure::ReadMibPerSecond, true),
+    job("J3", Figure::WriteIops, false),
+    job("J4", Figure::ReadIops, true),
+    job("J5create", Figure::OperationsPerSecond, false),
+    job("J5stat", Figure::OperationsPerSecond, false),
+    job("J5delete", Figure::OperationsPerSecond, false),
+];
+
+const fn job(name: &'static str, figure: Figure, drop_caches_first: bool) -> Job {
+    Job {
+        name,
+        figure,
+        drop_caches_first,
+    }
+}
+
+/// Where the job files are: `--jobs`, else `../shared/yardsticks/jobs` beside the workspace.
+pub fn jobs_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match given {
+        Some(dir) => dir,
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/yardsticks/jobs"),
+    };
+    anyhow::ensure!(
+        dir.join("J1x1.fio").is_file(),
+        "no fio job set in {}; pass --jobs DIR (the yardsticks' jobs directory)",
+        dir.display()
+    );
+    Ok(std::fs::canonicalize(dir)?)
+}
+
+/// Empties the page cache (root only; without it read figures would measure memory).
+pub fn drop_caches() {
+    let _ = Command::new("sync").status();
+    if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open("/proc/sys/vm/drop_caches") {
+        let _ = file.write_all(b"3\n");
+    }
+}
+
+/// Runs `job` with its files in `dir` and returns its figure.
+pub fn run_job(jobs_dir: &Path, job: &Job, dir: &Path) -> anyhow::Result<f64> {
+    if job.drop_caches_first {
+        drop_caches();
+    }
+    let output = Command::new("fio")
+        .arg("--output-format=json")
+        .arg(jobs_dir.join(format!("{}.fio", job.name)))
+        .env("YS_MNT", dir)
+        .output()
+        .context("cannot run fio (apt-get install fio)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "fio {} in {} failed: {}",
+        job.name,
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // fio may print warnings before the JSON document.
+    let text = String::from_utf8_lossy(&output.stdout);
+    let start = text
+        .find('{')
+        .ok_or_else(|| anyhow::anyhow!("no JSON in fio's output: {text}"))?;
+    let report: serde_json::Value = serde_json::from_str(&text[start..]).context("fio's JSON output")?;
+    let totals = &report["jobs"][0];
+    anyhow::ensure!(
+        totals["error"].as_i64() == Some(0),
+        "fio {} reported error {}",
+        job.name,
+        totals["error"]
+    );
+    let number = |side: &str, field: &str| totals[side][field].as_f64().unwrap_or(0.0);
+    Ok(match job.figure {
+        // fio's bw is in KiB/s.
+        Figure::WriteMibPerSecond => number("write", "bw") / 1024.0,
+        Figure::ReadMibPerSecond => number("read", "bw") / 1024.0,
+        Figure::WriteIops => number("write", "iops"),
+        Figure::ReadIops | Figure::OperationsPerSecond => number("read", "iops"),
+    })
+}

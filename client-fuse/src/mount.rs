@@ -1,0 +1,217 @@
+//! Mounting a volume: resolve it, start the FUSE session, keep the mount's background work
+//! going (recording sizes of files being written, renewing the session), and run until
+//! unmounted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fuser::{Config, MountOption, SessionACL};
+use shoal_client::proto as pb;
+use shoal_client::{DataClient, RegistryClient, RetryPolicy};
+
+use crate::core::{FsConfig, FsCore};
+use crate::fs::ShoalFs;
+
+/// How often unrecorded writes older than [`RECORD_AFTER`] get their size recorded.
+const RECORD_INTERVAL: Duration = Duration::from_millis(500);
+const RECORD_AFTER: Duration = Duration::from_secs(1);
+/// How often the mount renews its session (its lease is a minute).
+const SESSION_RENEW_INTERVAL: Duration = Duration::from_secs(10);
+/// Read-ahead the kernel is asked to use for this mount (root only), in KiB.
+const KERNEL_READ_AHEAD_KB: u32 = 1024;
+
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    pub volume: String,
+    pub mountpoint: PathBuf,
+    pub registry: Vec<String>,
+    /// Let other users (and root) use the mount; needed for shared and container use.
+    pub allow_other: bool,
+    /// Retry budget of every registry and data-service call (then EIO).
+    pub retry_deadline: Duration,
+    /// FUSE session loop threads.
+    pub session_threads: usize,
+    /// Runtime worker threads that do the requests' work.
+    pub worker_threads: usize,
+    pub fs: FsConfig,
+}
+
+impl MountOptions {
+    pub fn new(volume: &str, mountpoint: &Path, registry: Vec<String>) -> MountOptions {
+        MountOptions {
+            volume: volume.to_string(),
+            mountpoint: mountpoint.to_path_buf(),
+            registry,
+            allow_other: nix::unistd::geteuid().is_root(),
+            retry_deadline: Duration::from_secs(60),
+            session_threads: 2,
+            worker_threads: 4,
+            fs: FsConfig::default(),
+        }
+    }
+}
+
+/// The "major:minor" device of the mount at `mountpoint`, from /proc/self/mountinfo. (Not
+/// from stat(2): the mount does not answer until its session loop runs.)
+fn mount_device(mountpoint: &Path) -> Option<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = mountpoint.to_string_lossy();
+    mountinfo.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        (fields.get(4).map(|p| p.replace("\\040", " ")).as_deref() == Some(&*wanted))
+            .then(|| fields.get(2).map(|d| d.to_string()))?
+    })
+}
+
+/// Raises the kernel's read-ahead for this mount's backing device (best effort: root only).
+fn raise_kernel_read_ahead(mountpoint: &Path) {
+    let Some(device) = mount_device(mountpoint) else { return };
+    let path = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    match std::fs::write(&path, KERNEL_READ_AHEAD_KB.to_string()) {
+        Ok(()) => tracing::info!(%path, kb = KERNEL_READ_AHEAD_KB, "raised kernel read-ahead"),
+        Err(error) => tracing::debug!(%path, %error, "could not raise kernel read-ahead"),
+    }
+}
+
+/// Mounts and serves until the file system is unmounted (`umount DIR`, `fusermount3 -u`),
+/// or `stop` resolves. `ready` is called once the mount is in place.
+pub fn run(
+    options: MountOptions,
+    ready: impl FnOnce(),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.worker_threads.max(1))
+        .thread_name("shoal-fuse")
+        .enable_all()
+        .build()?;
+    let policy = RetryPolicy {
+        deadline: options.retry_deadline,
+        ..RetryPolicy::default()
+    };
+    let registry = RegistryClient::new(options.registry.clone())?.with_policy(policy.clone());
+    let volume = runtime
+        .block_on(registry.get_volume(pb::VolumeName {
+            name: options.volume.clone(),
+        }))
+        .with_context(|| format!("volume {:?}", options.volume))?;
+    let data = DataClient::new(registry.clone()).with_policy(policy);
+    let core = Arc::new(FsCore::new(
+        runtime.handle().clone(),
+        data,
+        volume.id,
+        options.fs.clone(),
+    ));
+
+    let mut mount_options = vec![
+        MountOption::FSName(format!("shoal:{}", options.volume)),
+        MountOption::Subtype("shoal".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if options.fs.read_only {
+        mount_options.push(MountOption::RO);
+    }
+    let acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    if acl != SessionACL::Owner {
+        // A mount whose daemon dies is released instead of left "not connected".
+        mount_options.push(MountOption::AutoUnmount);
+    }
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = acl;
+    config.n_threads = Some(options.session_threads.max(1));
+    config.clone_fd = true;
+
+    let mut session = fuser::Session::new(ShoalFs::new(core.clone()), &options.mountpoint, &config)
+        .with_context(|| format!("cannot mount on {}", options.mountpoint.display()))?;
+    let _ = core.notifier.set(session.notifier());
+    raise_kernel_read_ahead(&options.mountpoint);
+    tracing::info!(volume = %options.volume, mountpoint = %options.mountpoint.display(), "mounted");
+
+    let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+    runtime.spawn(record_sizes(core.clone(), background_stopped.clone()));
+    runtime.spawn(renew_session(core.clone(), background_stopped));
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = options.mountpoint.clone();
+    runtime.spawn(async move {
+        stop.await;
+        tracing::info!("unmounting");
+        // fuser's own unmount only hands an auto-unmount mount to fusermount3, which leaves
+        // a mount alone while its daemon still answers: unmount it here.
+        unmount(&mountpoint);
+        if let Err(error) = unmounter.unmount() {
+            tracing::warn!(%error, "unmount failed; unmount by hand with `umount -l`");
+        }
+    });
+    ready();
+    let result = session.run();
+    let _ = stop_background.send(true);
+    tracing::info!("unmounted");
+    result.context("FUSE session ended with an error")
+}
+
+/// Unmounts `mountpoint`: directly when allowed (root), else through `fusermount3 -u`. A
+/// mount still in use is detached lazily (as `umount -l`): stopping must not hang on a
+/// process that keeps a file open.
+fn unmount(mountpoint: &Path) {
+    use nix::mount::{MntFlags, umount2};
+    match umount2(mountpoint, MntFlags::empty()) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EBUSY) => {
+            tracing::warn!(mountpoint = %mountpoint.display(), "mount busy; detaching it lazily");
+            if let Err(error) = umount2(mountpoint, MntFlags::MNT_DETACH) {
+                tracing::warn!(%error, "lazy unmount failed");
+            }
+        }
+        Err(nix::errno::Errno::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(mountpoint)
+                .status();
+            if !status.as_ref().is_ok_and(|s| s.success()) {
+                tracing::warn!(?status, "fusermount3 -uz failed");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "unmount failed"),
+    }
+}
+
+/// Records, in the registry, the sizes of files whose writes are older than a second, so
+/// other clients see growing files even before the writer closes them.
+async fn record_sizes(core: Arc<FsCore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(RECORD_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for ino in core.inodes.stale_pending(RECORD_AFTER) {
+            if let Err(error) = core.commit(ino, false).await {
+                tracing::debug!(ino, %error, "could not record a file's size yet");
+            }
+        }
+    }
+}
+
+async fn renew_session(core: Arc<FsCore>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(SESSION_RENEW_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let request = pb::RenewSessionRequest {
+            session_id: core.session_id,
+        };
+        if let Err(error) = core.registry().renew_session(request).await {
+            tracing::warn!(%error, "could not renew the mount session");
+        }
+    }
+}
