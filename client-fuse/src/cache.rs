@@ -2,7 +2,8 @@
 //! requests, several chains at once, and kept in a bounded cache until read.
 //!
 //! The kernel's own read-ahead asks for 128 KiB at a time; without this, a sequential read
-//! would be a chain of small round trips. Random reads bypass the cache entirely.
+//! would be a chain of small round trips. Random reads never fetch whole blocks, but are
+//! served from blocks already cached (data read before, like a page cache).
 //!
 //! Invariant: the cache never holds more than its capacity (counted in whole blocks), and
 //! a write to an inode drops its cached blocks before the write is acknowledged.
@@ -68,6 +69,24 @@ impl ReadCache {
         (fetch, true)
     }
 
+    /// `offset..end` of `ino` if one block already fetched holds all of it (random reads
+    /// of data read before are served from memory, like a local file system's page cache).
+    pub fn cached(&self, ino: u64, offset: u64, end: u64) -> Option<Bytes> {
+        let block = offset / BLOCK_BYTES;
+        if (end - 1) / BLOCK_BYTES != block {
+            return None;
+        }
+        let inner = self.inner.lock().expect("cache lock poisoned");
+        let Some(Ok(bytes)) = inner.blocks.get(&(ino, block))?.peek().cloned() else {
+            return None;
+        };
+        let (from, to) = (
+            (offset - block * BLOCK_BYTES) as usize,
+            (end - block * BLOCK_BYTES) as usize,
+        );
+        (to <= bytes.len()).then(|| bytes.slice(from..to))
+    }
+
     /// Drops every cached block of `ino` (it was written or truncated).
     pub fn invalidate(&self, ino: u64) {
         let mut inner = self.inner.lock().expect("cache lock poisoned");
@@ -92,6 +111,12 @@ mod tests {
         assert_eq!(first.await.unwrap()[0], 1);
         let (_, new) = cache.get_or_fetch(1, 0, make(9));
         assert!(!new, "a cached block is reused");
+        assert_eq!(
+            cache.cached(1, 1, 3).as_deref(),
+            Some(&[1u8, 1][..]),
+            "a range inside a fetched block"
+        );
+        assert!(cache.cached(1, 2, 8).is_none(), "a range past the block's bytes");
         let _ = cache.get_or_fetch(1, 1, make(2));
         let _ = cache.get_or_fetch(1, 2, make(3));
         let (_, new) = cache.get_or_fetch(1, 0, make(4));

@@ -204,6 +204,9 @@ impl FsCore {
         };
         let streak = self.handles.note_read(fh, offset, end);
         if streak < 2 || !self.cache.enabled() {
+            if let Some(bytes) = self.cache.cached(ino, offset, end) {
+                return Ok(bytes);
+            }
             return self.data.read(&layout, offset, end - offset).await;
         }
         let first = offset / BLOCK_BYTES;
@@ -228,6 +231,7 @@ impl FsCore {
                 });
             }
         }
+        let single_block = wanted.len() == 1;
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for (block, fetch) in wanted {
             let bytes = fetch
@@ -240,6 +244,10 @@ impl FsCore {
                 // The block was fetched when the file was shorter: read directly.
                 self.cache.invalidate(ino);
                 return self.data.read(&layout, offset, end - offset).await;
+            }
+            if single_block {
+                // Within one cached block: a view of it, not a copy.
+                return Ok(bytes.slice(from as usize..to as usize));
             }
             out.extend_from_slice(&bytes[from as usize..to as usize]);
         }

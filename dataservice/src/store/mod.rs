@@ -290,33 +290,43 @@ impl ChunkStore {
                 length_bytes: 0,
             });
         };
-        let mut data = vec![0u8; length as usize];
         let valid_end = (offset + length).min(meta.length_bytes);
-        if valid_end > offset {
-            let path = disk.chunk_path(&chunk);
-            let block = BLOCK_SIZE_BYTES as u64;
-            let (first_block, end_block) = block_span(offset, valid_end - offset);
-            let span_start = first_block * block;
-            let span_end = (end_block * block).min(meta.length_bytes);
-            let mut span = vec![0u8; (span_end - span_start) as usize];
-            let file = disk.open_chunk(&chunk, false).map_err(io_error("open chunk", &path))?;
-            read_full_at(&file, &mut span, span_start).map_err(io_error("read chunk", &path))?;
-            let groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
-            for b in first_block..end_block {
-                let from = ((b * block) - span_start) as usize;
-                let to = (from + BLOCK_SIZE_BYTES).min(span.len());
-                match Self::stored_crc(&groups, b) {
-                    Some(stored) => Self::check_block(&chunk, &path, b, &span[from..to], Some(stored))?,
-                    // Never (completely) written: it reads as zeros, whatever the file holds.
-                    None => span[from..to].fill(0),
-                }
-            }
-            let from = (offset - span_start) as usize;
-            let count = (valid_end - offset) as usize;
-            data[..count].copy_from_slice(&span[from..from + count]);
+        if valid_end <= offset {
+            return Ok(ReadResult {
+                data: vec![0u8; length as usize],
+                version: meta.version,
+                length_bytes: meta.length_bytes,
+            });
         }
+        let path = disk.chunk_path(&chunk);
+        let block = BLOCK_SIZE_BYTES as u64;
+        let (first_block, end_block) = block_span(offset, valid_end - offset);
+        let span_start = first_block * block;
+        let span_end = (end_block * block).min(meta.length_bytes);
+        let mut span = vec![0u8; (span_end - span_start) as usize];
+        let file = disk.open_chunk(&chunk, false).map_err(io_error("open chunk", &path))?;
+        read_full_at(&file, &mut span, span_start).map_err(io_error("read chunk", &path))?;
+        let groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
+        for b in first_block..end_block {
+            let from = ((b * block) - span_start) as usize;
+            let to = (from + BLOCK_SIZE_BYTES).min(span.len());
+            match Self::stored_crc(&groups, b) {
+                Some(stored) => Self::check_block(&chunk, &path, b, &span[from..to], Some(stored))?,
+                // Never (completely) written: it reads as zeros, whatever the file holds.
+                None => span[from..to].fill(0),
+            }
+        }
+        // The span becomes the reply: no second buffer, and no copy at all when the
+        // request is block-aligned (the common case: the kernel reads whole pages).
+        let from = (offset - span_start) as usize;
+        let count = (valid_end - offset) as usize;
+        if from > 0 {
+            span.drain(..from);
+        }
+        span.truncate(count);
+        span.resize(length as usize, 0);
         Ok(ReadResult {
-            data,
+            data: span,
             version: meta.version,
             length_bytes: meta.length_bytes,
         })
