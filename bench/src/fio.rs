@@ -72,17 +72,20 @@ const fn job(name: &'static str, figure: Figure, drop_caches_first: bool) -> Job
     }
 }
 
-/// Where the job files are: `--jobs`, else `../shared/yardsticks/jobs` beside the workspace.
+/// Where the job files are: `--jobs`, else `shared/yardsticks/jobs` beside the checkout
+/// (looked up from the current directory, then from where this binary was built).
 pub fn jobs_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let dir = match given {
-        Some(dir) => dir,
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/yardsticks/jobs"),
+    let candidates = match given {
+        Some(dir) => vec![dir],
+        None => vec![
+            PathBuf::from("../shared/yardsticks/jobs"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/yardsticks/jobs"),
+        ],
     };
-    anyhow::ensure!(
-        dir.join("J1x1.fio").is_file(),
-        "no fio job set in {}; pass --jobs DIR (the yardsticks' jobs directory)",
-        dir.display()
-    );
+    let found = candidates.iter().find(|dir| dir.join("J1x1.fio").is_file());
+    let Some(dir) = found else {
+        anyhow::bail!("no fio job set in {candidates:?}; pass --jobs DIR (the yardsticks' jobs directory)");
+    };
     Ok(std::fs::canonicalize(dir)?)
 }
 
