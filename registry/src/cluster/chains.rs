@@ -19,16 +19,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shoal_engine::{KvRead, ScanControl};
+use shoal_engine::KvRead;
 use shoal_proto::errno::{Errno, FsError};
 
 use super::{counters, store_counters};
 use crate::keys::{self, SPACE_CLUSTER};
 use crate::limits::MAX_REPLICAS;
 use crate::namespace::{NsError, NsResult};
-use crate::records::{
-    ChainRecord, ChainSet, ChainTarget, DataServiceRecord, DataServiceState, Layout, Record, VolumeRecord,
-};
+use crate::records::{ChainRecord, ChainSet, ChainTarget, DataServiceRecord, DataServiceState, Layout, VolumeRecord};
 use crate::txn::Txn;
 
 /// Most chains the table holds.
@@ -72,28 +70,7 @@ pub struct ChainTable {
 }
 
 fn load_chains(read: &dyn KvRead) -> NsResult<Vec<ChainRecord>> {
-    let prefix = keys::chain_prefix();
-    let end = shoal_engine::prefix_end(&prefix).expect("non-empty prefix");
-    let mut chains = Vec::new();
-    let mut corrupt = None;
-    read.scan(SPACE_CLUSTER, &prefix, Some(&end), &mut |_, value| {
-        match ChainRecord::decode(value) {
-            Ok(chain) => chains.push(chain),
-            Err(error) => {
-                corrupt = Some(error);
-                return ScanControl::Stop;
-            }
-        }
-        if chains.len() >= MAX_CHAINS {
-            ScanControl::Stop
-        } else {
-            ScanControl::Continue
-        }
-    })?;
-    match corrupt {
-        Some(error) => Err(error.into()),
-        None => Ok(chains),
-    }
+    super::scan_records(read, SPACE_CLUSTER, &keys::chain_prefix(), MAX_CHAINS)
 }
 
 pub fn chain_table(read: &dyn KvRead) -> Result<ChainTable, FsError> {

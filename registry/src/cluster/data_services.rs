@@ -10,7 +10,7 @@ use super::{counters, store_counters, validate_label};
 use crate::keys::{self, SPACE_CLUSTER};
 use crate::limits::{MAX_DATA_SERVICES, MAX_DISKS_PER_DATA_SERVICE};
 use crate::namespace::{NsError, NsResult};
-use crate::records::{DataServiceRecord, DataServiceState, DiskRecord, Record, decode_u64, encode_u64};
+use crate::records::{DataServiceRecord, DataServiceState, DiskRecord, decode_u64, encode_u64};
 use crate::txn::Txn;
 
 fn validate_disks(disks: &[DiskRecord]) -> NsResult<()> {
@@ -162,29 +162,8 @@ pub fn data_service(read: &dyn KvRead, id: u64) -> Result<DataServiceRecord, FsE
 }
 
 pub fn list_data_services(read: &dyn KvRead) -> Result<Vec<DataServiceRecord>, FsError> {
-    let prefix = keys::data_service_prefix();
-    let end = shoal_engine::prefix_end(&prefix).expect("non-empty prefix");
-    let mut records = Vec::new();
-    let mut corrupt = None;
-    read.scan(SPACE_CLUSTER, &prefix, Some(&end), &mut |_, value| {
-        match DataServiceRecord::decode(value) {
-            Ok(record) => records.push(record),
-            Err(error) => {
-                corrupt = Some(error);
-                return ScanControl::Stop;
-            }
-        }
-        if records.len() >= MAX_DATA_SERVICES {
-            ScanControl::Stop
-        } else {
-            ScanControl::Continue
-        }
-    })
-    .map_err(|e| NsError::from(e).into_fs_error())?;
-    match corrupt {
-        Some(error) => Err(NsError::from(error).into_fs_error()),
-        None => Ok(records),
-    }
+    super::scan_records(read, SPACE_CLUSTER, &keys::data_service_prefix(), MAX_DATA_SERVICES)
+        .map_err(NsError::into_fs_error)
 }
 
 /// Free bytes on the healthy disks of data services that are up.

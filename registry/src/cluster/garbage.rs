@@ -10,14 +10,15 @@
 
 use std::collections::BTreeSet;
 
-use shoal_engine::{KvRead, ScanControl};
+use shoal_engine::KvRead;
 use shoal_proto::errno::FsError;
 
 use super::data_services::{list_data_services, services_after};
+use super::scan_records;
 use super::volumes::list_volumes;
 use crate::keys::{self, SPACE_CLUSTER, SPACE_NAMESPACE};
 use crate::namespace::{NsError, NsResult};
-use crate::records::{ChainRecord, DataServiceState, DeletedVolume, GarbageRecord, Record};
+use crate::records::{ChainRecord, DataServiceState, DeletedVolume, GarbageRecord};
 use crate::txn::Txn;
 
 /// Most garbage records one listing returns.
@@ -56,30 +57,6 @@ fn up_services(txn: &Txn<'_>) -> NsResult<BTreeSet<u64>> {
         .filter(|s| s.state == DataServiceState::Up)
         .map(|s| s.id)
         .collect())
-}
-
-fn scan_records<R: Record>(read: &dyn KvRead, space: &'static str, prefix: &[u8], limit: usize) -> NsResult<Vec<R>> {
-    let end = shoal_engine::prefix_end(prefix).expect("non-empty prefix");
-    let mut records = Vec::new();
-    let mut corrupt = None;
-    read.scan(space, prefix, Some(&end), &mut |_, value| {
-        match R::decode(value) {
-            Ok(record) => records.push(record),
-            Err(error) => {
-                corrupt = Some(error);
-                return ScanControl::Stop;
-            }
-        }
-        if records.len() >= limit {
-            ScanControl::Stop
-        } else {
-            ScanControl::Continue
-        }
-    })?;
-    match corrupt {
-        Some(error) => Err(error.into()),
-        None => Ok(records),
-    }
 }
 
 /// The deleted files and volumes whose chunks `data_service_id` still has to remove.

@@ -14,7 +14,9 @@ pub use volumes::{list_volumes, volume_by_name, volume_info};
 
 use crate::command::{Command, Outcome};
 use crate::namespace::NsResult;
+use crate::records::Record;
 use crate::txn::Txn;
+use shoal_engine::{KvRead, ScanControl};
 
 /// Applies a cluster command. Namespace commands are not handled here.
 pub fn apply(txn: &mut Txn<'_>, now_ns: i64, command: &Command) -> NsResult<Outcome> {
@@ -89,4 +91,35 @@ fn validate_label(what: &str, value: &str, allow_empty: bool) -> NsResult<()> {
         ));
     }
     Ok(())
+}
+
+/// Up to `limit` records of type `R` stored under `prefix`; a record that does not decode
+/// stops the scan and is reported.
+pub(crate) fn scan_records<R: Record>(
+    read: &dyn KvRead,
+    space: &'static str,
+    prefix: &[u8],
+    limit: usize,
+) -> NsResult<Vec<R>> {
+    let end = shoal_engine::prefix_end(prefix).expect("non-empty prefix");
+    let mut records = Vec::new();
+    let mut corrupt = None;
+    read.scan(space, prefix, Some(&end), &mut |_, value| {
+        match R::decode(value) {
+            Ok(record) => records.push(record),
+            Err(error) => {
+                corrupt = Some(error);
+                return ScanControl::Stop;
+            }
+        }
+        if records.len() >= limit {
+            ScanControl::Stop
+        } else {
+            ScanControl::Continue
+        }
+    })?;
+    match corrupt {
+        Some(error) => Err(error.into()),
+        None => Ok(records),
+    }
 }

@@ -8,7 +8,7 @@ use crate::command::{VolumeInfo, VolumeSpec};
 use crate::keys::{self, SPACE_CLUSTER, SPACE_NAMESPACE};
 use crate::limits::*;
 use crate::namespace::{self, NsError, NsResult};
-use crate::records::{DeletedVolume, Record, VolumeRecord, decode_u64, encode_u64};
+use crate::records::{DeletedVolume, VolumeRecord, decode_u64, encode_u64};
 use crate::txn::Txn;
 
 /// Volume names: 1 to 128 bytes of ASCII letters, digits, '.', '_' and '-', starting with a
@@ -179,27 +179,7 @@ pub fn volume_by_name(read: &dyn KvRead, name: &str) -> Result<VolumeInfo, FsErr
 }
 
 pub fn list_volumes(read: &dyn KvRead) -> Result<Vec<VolumeInfo>, FsError> {
-    let prefix = keys::volume_prefix();
-    let end = shoal_engine::prefix_end(&prefix).expect("non-empty prefix");
-    let mut records = Vec::new();
-    let mut corrupt = None;
-    read.scan(SPACE_CLUSTER, &prefix, Some(&end), &mut |_, value| {
-        match VolumeRecord::decode(value) {
-            Ok(record) => records.push(record),
-            Err(error) => {
-                corrupt = Some(error);
-                return ScanControl::Stop;
-            }
-        }
-        if records.len() >= MAX_VOLUMES {
-            ScanControl::Stop
-        } else {
-            ScanControl::Continue
-        }
-    })
-    .map_err(|e| NsError::from(e).into_fs_error())?;
-    if let Some(error) = corrupt {
-        return Err(NsError::from(error).into_fs_error());
-    }
+    let records: Vec<VolumeRecord> = super::scan_records(read, SPACE_CLUSTER, &keys::volume_prefix(), MAX_VOLUMES)
+        .map_err(NsError::into_fs_error)?;
     records.into_iter().map(|record| volume_info(read, record.id)).collect()
 }
