@@ -75,7 +75,7 @@ struct Target {
 
 /// CPU seconds (user + system) used so far by `pids`. /proc counts in USER_HZ, which is
 /// 100 on every Linux this runs on.
-fn cpu_seconds(pids: &[u32]) -> f64 {
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
         .filter_map(|stat| {

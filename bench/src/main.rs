@@ -1,10 +1,15 @@
 //! `shoal-bench`: benchmarks that start real Shoal processes and print figures for
 //! `bench/RESULTS.md`. Benchmarks measure; they never assert timing.
 
+mod cleanup;
 mod data;
 mod fio;
 mod fuse;
 mod meta;
+mod peers;
+mod plot;
+mod report;
+mod scale_out;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +30,13 @@ enum Command {
     /// The yardstick fio job set on Shoal FUSE mounts (1 and 3 copies) beside the FUSE
     /// ceiling (nullfs.c), a FUSE passthrough (bindfs) and the local disk.
     Fuse(fuse::FuseArgs),
+    /// The mission's claim: aggregate fio throughput of 4 client hosts for 1, 2, 4 data
+    /// services, each host in its own network namespace with a capped link, against a single
+    /// entry point; plus the user-generated-content workload. Needs root.
+    ScaleOut(scale_out::ScaleOutArgs),
+    /// The yardstick fio job set on Shoal and on MooseFS, GlusterFS and JuiceFS (started by
+    /// `bench/peers/*.sh`) in one run, with Shoal's ratio to the best peer per job.
+    Peers(peers::PeersArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +47,8 @@ fn main() -> anyhow::Result<()> {
             Command::Meta(args) => meta::run(args).await,
             Command::Data(args) => data::run(args).await,
             Command::Fuse(args) => fuse::run(args).await,
+            Command::ScaleOut(args) => scale_out::run(args).await,
+            Command::Peers(args) => peers::run(args).await,
         }
     })
 }

@@ -4,6 +4,7 @@
 mod data_cmd;
 mod files_cmd;
 mod format;
+mod gateway_cmd;
 mod mount_cmd;
 mod registry_cmd;
 mod status_cmd;
@@ -66,6 +67,8 @@ enum Command {
     Cat(files_cmd::CatCommand),
     /// Mount a volume through FUSE (unmount with `umount DIR`).
     Mount(mount_cmd::MountCommand),
+    /// Relay clients' data-service connections through this host (`-o gateway=` mounts).
+    Gateway(gateway_cmd::GatewayCommand),
 }
 
 fn init_logging(default_level: &str) {
@@ -81,7 +84,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let daemon = match &cli.command {
         Command::Registry(command) => command.runs_node(),
-        Command::Data(_) | Command::Up(_) => true,
+        Command::Data(_) | Command::Up(_) | Command::Gateway(_) => true,
         Command::Mount(command) => command.runs_daemon(),
         _ => false,
     };
@@ -117,6 +120,7 @@ fn main() -> std::process::ExitCode {
             Command::Cp(command) => command.run().await,
             Command::Ls(command) => command.run().await,
             Command::Cat(command) => command.run().await,
+            Command::Gateway(command) => command.run().await,
             Command::Mount(_) => unreachable!("mount runs outside the shared runtime"),
         }
     });

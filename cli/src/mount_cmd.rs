@@ -21,6 +21,7 @@ pub struct MountCommand {
     /// Options, comma-separated: ro, allow_other, attr_timeout=SECONDS, entry_timeout=SECONDS,
     /// cache_size=SIZE (read-ahead memory, e.g. 256M), read_ahead=BLOCKS (1 MiB each),
     /// write_buffer=SIZE (written bytes not yet sent), retry_timeout=SECONDS (then EIO),
+    /// gateway=HOST:PORT (send all data traffic through a `shoal gateway`),
     /// writeback_cache (let the kernel cache writes: faster small writes, but sizes changed by
     /// other clients show only after the file leaves the kernel's cache).
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -63,6 +64,10 @@ pub fn parse_options(list: &[String], options: &mut MountOptions) -> anyhow::Res
             "attr_timeout" => options.fs.attr_ttl = seconds(key, value)?,
             "entry_timeout" => options.fs.entry_ttl = seconds(key, value)?,
             "retry_timeout" => options.retry_deadline = seconds(key, value)?,
+            "gateway" => {
+                anyhow::ensure!(value.contains(':'), "-o gateway={value}: expected HOST:PORT");
+                options.gateway = Some(value.to_string());
+            }
             "cache_size" => options.fs.read_cache_bytes = format::parse_size(value).map_err(anyhow::Error::msg)?,
             "read_ahead" => {
                 options.fs.read_ahead_blocks = value.parse().with_context(|| format!("-o read_ahead={value}"))?

@@ -31,6 +31,9 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Retry budget of every registry and data-service call (then EIO).
     pub retry_deadline: Duration,
+    /// `host:port` of a `shoal gateway` all data-service traffic goes through (`None`:
+    /// straight to each data service, the normal case).
+    pub gateway: Option<String>,
     /// FUSE session loop threads.
     pub session_threads: usize,
     /// Runtime worker threads that do the requests' work.
@@ -46,6 +49,7 @@ impl MountOptions {
             registry,
             allow_other: nix::unistd::geteuid().is_root(),
             retry_deadline: Duration::from_secs(60),
+            gateway: None,
             session_threads: 2,
             worker_threads: 4,
             fs: FsConfig::default(),
@@ -97,7 +101,10 @@ pub fn run(
             name: options.volume.clone(),
         }))
         .with_context(|| format!("volume {:?}", options.volume))?;
-    let data = DataClient::new(registry.clone()).with_policy(policy);
+    let mut data = DataClient::new(registry.clone()).with_policy(policy);
+    if let Some(gateway) = &options.gateway {
+        data = data.with_gateway(gateway.clone());
+    }
     let core = Arc::new(FsCore::new(
         runtime.handle().clone(),
         data,

@@ -117,6 +117,8 @@ pub struct DataClient {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     policy: RetryPolicy,
     max_in_flight: usize,
+    /// `host:port` of a `shoal gateway` every data-service connection goes through.
+    gateway: Option<String>,
 }
 
 /// What one attempt on a data service came to.
@@ -146,6 +148,7 @@ impl DataClient {
             channels: Arc::default(),
             policy: RetryPolicy::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            gateway: None,
         }
     }
 
@@ -156,6 +159,13 @@ impl DataClient {
 
     pub fn with_max_in_flight(mut self, max_in_flight: usize) -> DataClient {
         self.max_in_flight = max_in_flight.max(1);
+        self
+    }
+
+    /// Sends every data-service connection through the gateway at `address` (see
+    /// [`crate::gateway`]) instead of straight to the data service.
+    pub fn with_gateway(mut self, address: impl Into<String>) -> DataClient {
+        self.gateway = Some(address.into());
         self
     }
 
@@ -177,7 +187,10 @@ impl DataClient {
                     .tcp_nodelay(true)
                     .initial_stream_window_size(shoal_proto::DATA_STREAM_WINDOW_BYTES)
                     .initial_connection_window_size(shoal_proto::DATA_CONNECTION_WINDOW_BYTES);
-                let channel = endpoint.connect_lazy();
+                let channel = match &self.gateway {
+                    Some(gateway) => crate::gateway::channel(endpoint, gateway, address),
+                    None => endpoint.connect_lazy(),
+                };
                 channels.insert(address.to_string(), channel.clone());
                 channel
             }

@@ -3,6 +3,9 @@
 //! [`DataClient`] moves file bytes directly between the caller and the data services;
 //! [`file`] combines it with the registry for writes, reads and truncation.
 //!
+//! [`gateway`] tunnels data-service connections through one `shoal gateway` host, for
+//! clients that cannot reach the data services directly.
+//!
 //! [`RegistryClient`] reaches the registry: it finds and remembers the leader, follows a
 //! follower's redirect, and retries failed calls within a deadline. Mutating calls carry a
 //! request id that stays the same across retries, so a retry after a lost reply is answered
@@ -12,6 +15,7 @@ pub mod chains;
 pub mod data;
 mod error;
 pub mod file;
+pub mod gateway;
 pub mod path;
 mod registry;
 mod retry;

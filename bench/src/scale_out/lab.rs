@@ -1,0 +1,208 @@
+//! A virtual network of hosts on one machine: each host is a network namespace joined to
+//! one bridge by a veth pair, and each host's link is capped to the same bandwidth in both
+//! directions (tc tbf on both ends of its veth). The machine itself sits on the bridge too
+//! (the harness reaches the registry and reads no bulk data), and traffic never leaves it.
+//!
+//! Invariant: every namespace, link and process is recorded in [`crate::cleanup`] before it
+//! is made, and names carry this process's id, so a run killed with SIGKILL is swept by
+//! the next one ([`sweep_leftovers`]).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use crate::cleanup;
+
+/// Every lab name starts with this, then this process's id.
+const PREFIX: &str = "shb";
+/// The lab's subnet (a /24); the machine takes .254 on the bridge.
+const SUBNET: [u8; 3] = [10, 213, 0];
+const MACHINE_HOST_BYTE: u8 = 254;
+/// Hosts per lab: the /24 minus the machine's address, with room to spare.
+pub const MAX_HOSTS: usize = 200;
+
+pub struct Lab {
+    prefix: String,
+    bridge: String,
+    link_bytes_per_second: u64,
+    hosts: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+}
+
+impl Host {
+    pub fn address(&self, port: u16) -> String {
+        format!("{}:{port}", self.ip)
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program} (apt-get install iproute2 util-linux)"))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`{program} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The process id in a lab name (`shb<pid>…`), if it is one.
+fn owner(name: &str) -> Option<u32> {
+    let digits: String = name
+        .strip_prefix(PREFIX)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Removes namespaces and bridges left by lab runs whose process is gone (killed with
+/// SIGKILL, so their cleanup never ran).
+pub fn sweep_leftovers() {
+    let listed = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).to_string())
+            .unwrap_or_default()
+    };
+    for line in listed(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if owner(name).is_some_and(|pid| !process_alive(pid)) {
+            eprintln!("removing namespace {name} left by an earlier run");
+            let _ = run("ip", &["netns", "delete", name]);
+        }
+    }
+    for line in listed(&["-o", "link", "show", "type", "bridge"]).lines() {
+        let name = line.split(':').nth(1).unwrap_or_default().trim();
+        if owner(name).is_some_and(|pid| !process_alive(pid)) {
+            eprintln!("removing bridge {name} left by an earlier run");
+            let _ = run("ip", &["link", "delete", name]);
+        }
+    }
+}
+
+impl Lab {
+    /// Creates the bridge; hosts are added with [`Lab::add_host`].
+    pub fn create(link_bytes_per_second: u64) -> anyhow::Result<Lab> {
+        anyhow::ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the scale-out lab needs root (network namespaces, tc, FUSE mounts)"
+        );
+        assert!(link_bytes_per_second > 0);
+        sweep_leftovers();
+        let subnet = format!("{}.{}.{}.", SUBNET[0], SUBNET[1], SUBNET[2]);
+        let addresses = Command::new("ip").args(["-o", "addr"]).output()?;
+        anyhow::ensure!(
+            !String::from_utf8_lossy(&addresses.stdout).contains(&format!(" {subnet}")),
+            "{subnet}0/24 is already in use on this machine (another scale-out run?)"
+        );
+        let prefix = format!("{PREFIX}{}", std::process::id());
+        let bridge = format!("{prefix}br");
+        cleanup::link(&bridge);
+        // Bridged frames skip the host's firewall hooks: the lab has no rules to apply, and
+        // br_netfilter would charge every packet for nothing.
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &bridge,
+                "type",
+                "bridge",
+                "nf_call_iptables",
+                "0",
+                "nf_call_ip6tables",
+                "0",
+                "nf_call_arptables",
+                "0",
+            ],
+        )?;
+        let machine = format!("{subnet}{MACHINE_HOST_BYTE}/24");
+        run("ip", &["addr", "add", &machine, "dev", &bridge])?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        Ok(Lab {
+            prefix,
+            bridge,
+            link_bytes_per_second,
+            hosts: 0,
+        })
+    }
+
+    /// A new host named `name`: its namespace, its capped link to the bridge, an address.
+    pub fn add_host(&mut self, name: &str) -> anyhow::Result<Host> {
+        anyhow::ensure!(self.hosts < MAX_HOSTS, "a lab holds at most {MAX_HOSTS} hosts");
+        self.hosts += 1;
+        let index = self.hosts;
+        let ip = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], index as u8);
+        let namespace = format!("{}-{name}", self.prefix);
+        // Interface names are at most 15 bytes: number the machine's ends.
+        let outer = format!("{}h{index}", self.prefix);
+        anyhow::ensure!(outer.len() <= 15, "interface name {outer} is too long");
+        cleanup::namespace(&namespace);
+        run("ip", &["netns", "add", &namespace])?;
+        cleanup::link(&outer);
+        run(
+            "ip",
+            &[
+                "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
+            ],
+        )?;
+        run("ip", &["link", "set", &outer, "master", &self.bridge, "up"])?;
+        let address = format!("{ip}/24");
+        run("ip", &["-n", &namespace, "addr", "add", &address, "dev", "eth0"])?;
+        run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
+        // The cap: the host's sends leave through eth0, its receives through the outer end.
+        let (rate, burst) = self.tbf_parameters();
+        let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
+        let mut inner_args = vec!["-n", &namespace, "qdisc", "add", "dev", "eth0"];
+        inner_args.extend(tbf);
+        run("tc", &inner_args)?;
+        let mut outer_args = vec!["qdisc", "add", "dev", &outer];
+        outer_args.extend(tbf);
+        run("tc", &outer_args)?;
+        Ok(Host {
+            name: name.to_string(),
+            namespace,
+            ip,
+        })
+    }
+
+    /// tbf's rate in bits per second and its bucket in bytes: 20 ms of traffic, at least
+    /// 128 KiB so a 64 KiB GSO packet always fits.
+    fn tbf_parameters(&self) -> (String, String) {
+        let rate = format!("{}bit", self.link_bytes_per_second * 8);
+        let burst_bytes = (self.link_bytes_per_second / 50).max(128 << 10);
+        (rate, format!("{burst_bytes}b"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_is_read_from_lab_names_only() {
+        assert_eq!(owner("shb1234-ds1"), Some(1234));
+        assert_eq!(owner("shb77br"), Some(77));
+        assert_eq!(owner("shbx-ds1"), None);
+        assert_eq!(owner("docker0"), None);
+    }
+}
