@@ -51,7 +51,7 @@ struct Row {
 }
 
 fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers")
+    report::bench_dir().join("peers")
 }
 
 /// Runs a peer script with a bounded wait; returns its standard output.

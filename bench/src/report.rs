@@ -5,9 +5,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// `bench/RESULTS.md` of this checkout.
+/// `bench/RESULTS.md` of the checkout the command runs in (else of the one it was built
+/// from): a binary built in another clone must not write there.
 pub fn default_results_file() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md")
+    bench_dir().join("RESULTS.md")
+}
+
+/// `bench/` under the current directory if it is a Shoal checkout, else where this binary
+/// was built from.
+pub fn bench_dir() -> PathBuf {
+    let here = Path::new("bench");
+    if here.join("RESULTS.md").is_file() {
+        return here.canonicalize().unwrap_or_else(|_| here.to_path_buf());
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `file` with
