@@ -234,3 +234,14 @@ clear_workdir() {
     fi
     find "$work" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 }
+
+# dispatch "$@": the command line every peer script shares, once it has defined its
+# install, start and stop functions. Paths are made absolute before they are recorded.
+dispatch() {
+    case "${1:-}" in
+        install) (($# == 1)) || usage; install ;;
+        start) (($# == 3)) || usage; start "$(realpath -m "$2")" "$(realpath -m "$3")" ;;
+        stop) (($# == 3)) || usage; stop "$(realpath -m "$2")" "$(realpath -m "$3")" ;;
+        *) usage ;;
+    esac
+}

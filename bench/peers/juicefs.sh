@@ -76,9 +76,4 @@ stop() {
     clear_workdir "$work"
 }
 
-case "${1:-}" in
-    install) (($# == 1)) || usage; install ;;
-    start) (($# == 3)) || usage; start "$(realpath -m "$2")" "$(realpath -m "$3")" ;;
-    stop) (($# == 3)) || usage; stop "$(realpath -m "$2")" "$(realpath -m "$3")" ;;
-    *) usage ;;
-esac
+dispatch "$@"
