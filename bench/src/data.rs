@@ -94,15 +94,20 @@ fn local_disk(dir: &Path, args: &DataArgs) -> anyhow::Result<Figures> {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     let offset = (next(&mut state) % (size / 4096)) * 4096;
-                    if file.read_exact_at(&mut buffer, offset).is_ok() {
-                        done += 1;
-                    }
+                    file.read_exact_at(&mut buffer, offset)?;
+                    done += 1;
                 }
-                done
+                Ok::<u64, std::io::Error>(done)
             })
         })
         .collect();
-    let total: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    let mut total = 0;
+    for thread in threads {
+        // A failed read fails the benchmark: a figure must not hide errors.
+        total += thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a local random reader panicked"))??;
+    }
     let _ = std::fs::remove_file(&path);
     Ok(Figures {
         write_mib_s,
@@ -173,17 +178,18 @@ async fn shoal(cluster: &ShoalCluster, replicas: u32, args: &DataArgs) -> anyhow
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     let offset = (next(&mut state) % (size / 4096)) * 4096;
-                    if data.read(&layout, offset, 4096).await.is_ok() {
-                        done += 1;
-                    }
+                    let read = data.read(&layout, offset, 4096).await?;
+                    anyhow::ensure!(read.len() == 4096, "short 4 KiB read at {offset}: {} bytes", read.len());
+                    done += 1;
                 }
-                done
+                Ok::<u64, anyhow::Error>(done)
             })
         })
         .collect();
     let mut total = 0;
     for reader in readers {
-        total += reader.await?;
+        // A failed read fails the benchmark: a figure must not hide errors.
+        total += reader.await??;
     }
     registry.delete_volume(pb::VolumeName { name }).await?;
     Ok(Figures {

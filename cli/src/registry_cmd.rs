@@ -36,8 +36,9 @@ struct RunArgs {
     /// Form a new cluster from the --peer list (safe to repeat on every initial member).
     #[arg(long, requires = "peers", conflicts_with = "join")]
     init: bool,
-    /// An initial member, as ID=HOST:PORT; repeat for each member, this node included.
-    #[arg(long = "peer", value_name = "ID=ADDR")]
+    /// Initial members, as ID=HOST:PORT, this node included: several after one --peer, or
+    /// --peer repeated.
+    #[arg(long = "peer", value_name = "ID=ADDR", num_args = 1..)]
     peers: Vec<String>,
     /// Join the cluster reachable at these registry addresses (comma-separated).
     #[arg(long, value_name = "ADDRS")]
@@ -232,4 +233,57 @@ fn print_members(reply: &shoal_proto::registry::MembersReply, json: bool) -> any
         println!("{}", members_table(reply));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, FromArgMatches};
+
+    use super::*;
+
+    const RUN: [&str; 4] = ["--id=1", "--listen=127.0.0.1:7001", "--data=/tmp/r1", "--init"];
+
+    /// Parses `shoal registry` with the node flags in `RUN` followed by `more`.
+    fn parse(more: &[&str]) -> Result<RegistryCommand, clap::Error> {
+        let command = RegistryCommand::augment_args(clap::Command::new("registry"));
+        let args = ["registry"].iter().chain(RUN.iter()).chain(more.iter());
+        let matches = command.try_get_matches_from(args)?;
+        RegistryCommand::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn peers_after_one_flag_or_repeated_are_the_same() {
+        let one_flag: &[&str] = &["--peer", "1=127.0.0.1:7001", "2=127.0.0.1:7002", "3=h:7003"];
+        let repeated: &[&str] = &[
+            "--peer",
+            "1=127.0.0.1:7001",
+            "--peer=2=127.0.0.1:7002",
+            "--peer",
+            "3=h:7003",
+        ];
+        let expected = vec!["1=127.0.0.1:7001", "2=127.0.0.1:7002", "3=h:7003"];
+        for args in [one_flag, repeated] {
+            let parsed = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(parsed.run.peers, expected, "{args:?}");
+            assert!(parsed.run.init && parsed.action.is_none());
+        }
+        // Values after --peer stop at the next flag.
+        let parsed = parse(&["--peer", "1=a:1", "2=b:2", "--advertise=a:1"]).expect("parses");
+        assert_eq!(parsed.run.peers, vec!["1=a:1", "2=b:2"]);
+        assert_eq!(parsed.run.advertise.as_deref(), Some("a:1"));
+    }
+
+    #[test]
+    fn init_without_peers_is_refused() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--peer"]).is_err());
+    }
+
+    #[test]
+    fn peer_values_are_checked() {
+        assert_eq!(parse_peer(" 2 = h:1 ").unwrap(), (2, "h:1".to_string()));
+        assert!(parse_peer("h:1").is_err());
+        assert!(parse_peer("x=h:1").is_err());
+        assert!(parse_peer("2=").is_err());
+    }
 }

@@ -41,6 +41,19 @@ fn data_service_json(service: &pb::DataService) -> serde_json::Value {
     })
 }
 
+/// The answering node's log and snapshot figures (what makes the log bounded and the
+/// group commit visible).
+fn raft_json(status: &pb::StatusReply) -> serde_json::Value {
+    serde_json::json!({
+        "snapshot_last_index": status.snapshot_last_index,
+        "last_purged_log_index": status.last_purged_log_index,
+        "snapshots_received_from_leader": status.snapshots_received_from_leader,
+        "snapshots_restored_at_start": status.snapshots_restored_at_start,
+        "log_entries_appended": status.log_entries_appended,
+        "log_fsyncs": status.log_fsyncs,
+    })
+}
+
 impl StatusCommand {
     pub async fn run(self) -> anyhow::Result<()> {
         let status = self.registry.client()?.status(pb::Empty {}).await?;
@@ -61,6 +74,7 @@ impl StatusCommand {
                 "volumes": status.volumes.iter().map(volume_json).collect::<Vec<_>>(),
                 "chain_table_version": status.chain_table_version,
                 "chain_count": status.chain_count,
+                "raft": raft_json(&status),
             });
             println!("{}", serde_json::to_string_pretty(&json)?);
             return Ok(());
@@ -72,6 +86,15 @@ impl StatusCommand {
             status.term,
             status.last_log_index,
             status.last_applied_index
+        );
+        let optional = |index: Option<u64>| index.map_or("none".to_string(), |i| i.to_string());
+        println!(
+            "answered by node {}: log purged through {}, snapshot at {}; {} log entries with {} fsyncs since start",
+            status.node_id,
+            optional(status.last_purged_log_index),
+            optional(status.snapshot_last_index),
+            status.log_entries_appended,
+            status.log_fsyncs
         );
         println!("\nregistry members\n{}", members_table(&members));
         let mut services = format::table(&[

@@ -80,7 +80,10 @@ impl Managed {
             .args(args)
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
-            .stderr(output);
+            .stderr(output)
+            // A group of its own: Ctrl-C in the terminal reaches only `shoal up`, which
+            // stops the children in order (the mount first, so it can flush).
+            .process_group(0);
         // If `shoal up` dies, even by SIGKILL, its children go too.
         unsafe {
             command.pre_exec(|| {

@@ -55,13 +55,15 @@ enum VolumeAction {
         #[command(flatten)]
         registry: RegistryAddress,
     },
-    /// Change a volume's quotas (0 or omitted: unlimited).
+    /// Change a volume's quotas; a quota not given keeps its current value (0: unlimited).
     Quota {
         name: String,
-        #[arg(long, value_parser = format::parse_size, default_value = "0")]
-        bytes: u64,
-        #[arg(long, default_value_t = 0)]
-        inodes: u64,
+        /// Most bytes the volume may hold, e.g. 200G (0: unlimited).
+        #[arg(long, value_parser = format::parse_size)]
+        bytes: Option<u64>,
+        /// Most files and directories the volume may hold (0: unlimited).
+        #[arg(long)]
+        inodes: Option<u64>,
         #[command(flatten)]
         registry: RegistryAddress,
     },
@@ -165,15 +167,39 @@ impl VolumeCommand {
                 inodes,
                 registry,
             } => {
-                let request = pb::SetVolumeQuotaRequest {
-                    name,
-                    quota_bytes: bytes,
-                    quota_inodes: inodes,
-                };
-                let volume = registry.client()?.set_volume_quota(request).await?;
+                let client = registry.client()?;
+                let request = quota_request(&client, name, bytes, inodes).await?;
+                let volume = client.set_volume_quota(request).await?;
                 println!("{}", volumes_table(&[volume]));
             }
         }
         Ok(())
     }
+}
+
+/// The quota change to send: the registry sets both quotas at once, so a quota the
+/// operator did not name is sent with the volume's current value (read just before; a
+/// concurrent change of that quota by another operator can be overwritten).
+async fn quota_request(
+    client: &shoal_client::RegistryClient,
+    name: String,
+    bytes: Option<u64>,
+    inodes: Option<u64>,
+) -> anyhow::Result<pb::SetVolumeQuotaRequest> {
+    let (quota_bytes, quota_inodes) = match (bytes, inodes) {
+        (None, None) => anyhow::bail!("give --bytes SIZE, --inodes COUNT or both (0 means unlimited)"),
+        (Some(bytes), Some(inodes)) => (bytes, inodes),
+        (bytes, inodes) => {
+            let current = client.get_volume(pb::VolumeName { name: name.clone() }).await?;
+            (
+                bytes.unwrap_or(current.quota_bytes),
+                inodes.unwrap_or(current.quota_inodes),
+            )
+        }
+    };
+    Ok(pb::SetVolumeQuotaRequest {
+        name,
+        quota_bytes,
+        quota_inodes,
+    })
 }

@@ -1,6 +1,7 @@
 //! Three real registry processes under load: SIGKILL of the leader mid-load, a new leader
-//! within 5 s, every acknowledged operation present afterwards on every node, and the old
-//! leader rejoining through a snapshot install.
+//! within 5 s, every acknowledged operation present afterwards on every node, the old
+//! leader rejoining through a snapshot received from the new leader, and every node's log
+//! bounded by snapshots and purges.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -15,6 +16,12 @@ use shoal_testkit::{RegistryCluster, wait_for};
 const CLIENTS: u64 = 8;
 const TOTAL_OPERATIONS: u64 = 10_000;
 const KILL_AFTER_OPERATIONS: u64 = 3_000;
+/// The nodes' snapshot policy: a snapshot every 500 entries, 50 entries kept behind it.
+const SNAPSHOT_EVERY_LOGS: u64 = 500;
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 50;
+/// Entries a log may hold beyond the policy: those applied while a snapshot was being built
+/// and purged only after the next one.
+const LOG_SLACK_ENTRIES: u64 = 250;
 
 /// What one client knows for certain after its run: the names its directory must hold.
 struct ClientOutcome {
@@ -146,19 +153,13 @@ async fn list(client: &RegistryClient, volume_id: u64, directory: u64) -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_killed_mid_load_loses_nothing_and_rejoins_by_snapshot() {
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_shoal"));
-    let mut cluster = RegistryCluster::start(
-        &binary,
-        3,
-        &["--snapshot-every-logs=500", "--logs-kept-after-snapshot=50"],
-    )
-    .await
-    .expect("cluster starts");
+    let snapshot_every = format!("--snapshot-every-logs={SNAPSHOT_EVERY_LOGS}");
+    let logs_kept = format!("--logs-kept-after-snapshot={LOGS_KEPT_AFTER_SNAPSHOT}");
+    let mut cluster = RegistryCluster::start(&binary, 3, &[&snapshot_every, &logs_kept])
+        .await
+        .expect("cluster starts");
     let result = scenario(&mut cluster).await;
-    if let Err(error) = &result {
-        eprintln!("{}", cluster.logs());
-        panic!("{error:#}");
-    }
-    cluster.stop_all(Duration::from_secs(5));
+    cluster.finish(result);
 }
 
 async fn scenario(cluster: &mut RegistryCluster) -> anyhow::Result<()> {
@@ -230,13 +231,22 @@ async fn scenario(cluster: &mut RegistryCluster) -> anyhow::Result<()> {
         (status.last_applied_index >= target).then_some(status)
     })
     .await?;
+    // Counted only when a snapshot streamed from the leader was installed; restoring the
+    // node's own snapshot file at start is counted apart.
     anyhow::ensure!(
-        status.snapshots_installed >= 1,
-        "old leader caught up without installing a snapshot"
+        status.snapshots_received_from_leader >= 1,
+        "old leader caught up without receiving a snapshot from the leader \
+         ({} restored from its own file at start)",
+        status.snapshots_restored_at_start
     );
     println!(
-        "old leader {old_leader} caught up to index {} after installing {} snapshot(s)",
-        status.last_applied_index, status.snapshots_installed
+        "old leader {old_leader} caught up to index {} after receiving {} snapshot(s) from the leader \
+         ({} restored at start)",
+        status.last_applied_index, status.snapshots_received_from_leader, status.snapshots_restored_at_start
+    );
+    println!(
+        "leader {new_leader} since its start: {} log entries appended, {} log fsyncs",
+        leader_status.log_entries_appended, leader_status.log_fsyncs
     );
 
     for node in cluster.nodes.values() {
@@ -262,6 +272,11 @@ async fn scenario(cluster: &mut RegistryCluster) -> anyhow::Result<()> {
                 present.difference(&outcome.names).count()
             );
         }
+        let status = node
+            .local_status()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("node {} does not answer status", node.id))?;
+        check_log_bounded(node.id, &status)?;
         let info = local.get_volume(pb::VolumeName { name: "load".into() }).await?;
         let expected_inodes = 1 + CLIENTS + outcomes.iter().map(|o| o.names.len() as u64).sum::<u64>();
         anyhow::ensure!(
@@ -271,5 +286,29 @@ async fn scenario(cluster: &mut RegistryCluster) -> anyhow::Result<()> {
             info.used_inodes
         );
     }
+    Ok(())
+}
+
+/// The log holds no more than the snapshot policy allows: entries since the last snapshot,
+/// the entries kept behind it, and a little slack.
+fn check_log_bounded(node_id: u64, status: &pb::StatusReply) -> anyhow::Result<()> {
+    let purged = status.last_purged_log_index.ok_or_else(|| {
+        anyhow::anyhow!(
+            "node {node_id} never purged its log (last index {})",
+            status.last_log_index
+        )
+    })?;
+    let held = status.last_log_index.saturating_sub(purged);
+    let bound = SNAPSHOT_EVERY_LOGS + LOGS_KEPT_AFTER_SNAPSHOT + LOG_SLACK_ENTRIES;
+    println!(
+        "node {node_id}: log holds {held} entries ({}..={}, snapshot at {:?}; bound {bound})",
+        purged + 1,
+        status.last_log_index,
+        status.snapshot_last_index
+    );
+    anyhow::ensure!(
+        held <= bound,
+        "node {node_id}: log holds {held} entries after index {purged}, more than {bound}"
+    );
     Ok(())
 }

@@ -46,6 +46,30 @@ async fn stop_up(mut up: Process, mountpoint: &Path) -> anyhow::Result<()> {
     .await
 }
 
+/// PIDs of processes (other than this test) whose command line names `dir`: the
+/// registry, data services and mount daemon that `shoal up` started there.
+fn processes_under(dir: &Path) -> Vec<u32> {
+    let needle = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .display()
+        .to_string();
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if pid != own && cmdline.contains(&needle) && !cmdline.contains("shoal up") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
 fn registry_address(dir: &Path) -> anyhow::Result<String> {
     let layout: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("shoal-up.json"))?)?;
     let port = layout["registry_port"]
@@ -75,7 +99,15 @@ async fn up_mounts_the_default_volume_and_keeps_data_across_runs() {
             output.status.success() && output.stdout == b"hello from the mount",
             "shoal cat of a file written through the mount: {output:?}"
         );
+        // A registry and three data services run as children (plus the mount daemon).
+        let children = processes_under(&dir);
+        anyhow::ensure!(children.len() >= 4, "children of shoal up: {children:?}");
         stop_up(up, &mountpoint).await?;
+        wait_for("every child of shoal up to exit", Duration::from_secs(15), || {
+            let left = processes_under(&dir);
+            async move { left.is_empty().then_some(()) }
+        })
+        .await?;
 
         let up = start_up(&dir, &log).await?;
         let kept = std::fs::read(mountpoint.join("hello.txt"))?;

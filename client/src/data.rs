@@ -309,6 +309,7 @@ impl DataClient {
                 payload_crcs: crcs.clone(),
                 sync,
                 chunk_version: 0,
+                prior_chunk_version: 0,
             };
             async move { client.write(request).await }
         })
@@ -456,6 +457,7 @@ impl DataClient {
                     length_bytes,
                     remove,
                     chunk_version: 0,
+                    prior_chunk_version: 0,
                 };
                 async move { client.truncate(request).await }
             })

@@ -278,6 +278,13 @@ macro_rules! rpc {
 impl RegistryClient {
     rpc!(lookup_raw => lookup, namespace, pb::LookupRequest, pb::AttrReply, mutating = false);
     rpc!(get_attr_raw => get_attr, namespace, pb::GetAttrRequest, pb::AttrReply, mutating = false);
+    rpc!(
+        file_exists,
+        namespace,
+        pb::GetAttrRequest,
+        pb::FileExistsReply,
+        mutating = false
+    );
     rpc!(set_attr_raw => set_attr, namespace, pb::SetAttrRequest, pb::AttrReply, mutating = true);
     rpc!(create_raw => create, namespace, pb::CreateRequest, pb::AttrReply, mutating = true);
     rpc!(mkdir_raw => mkdir, namespace, pb::MkdirRequest, pb::AttrReply, mutating = true);
@@ -444,9 +451,6 @@ impl RegistryClient {
         attr(self.link_raw(request).await?, "link")
     }
 
-    /// Adds a registry node as a voter once it has caught up with the leader's log, which
-    /// can take as long as sending it a snapshot: this call waits up to
-    /// [`MEMBER_CATCH_UP_TIMEOUT`] per attempt.
     /// Records that bytes up to `end_offset_bytes` of file `ino` were written.
     pub async fn extend_file(&self, volume_id: u64, ino: u64, end_offset_bytes: u64) -> Result<pb::Attr, ClientError> {
         let request = pb::ExtendFileRequest {
@@ -466,6 +470,9 @@ impl RegistryClient {
         )
     }
 
+    /// Adds a registry node as a voter once it has caught up with the leader's log, which
+    /// can take as long as sending it a snapshot: this call waits up to
+    /// [`MEMBER_CATCH_UP_TIMEOUT`] per attempt.
     pub async fn add_member(&self, node_id: u64, address: &str) -> Result<pb::MembersReply, ClientError> {
         let request = pb::AddMemberRequest {
             node_id,

@@ -1,6 +1,6 @@
 //! What a data service does on its own: heartbeats, keeping its chain table current,
-//! filling a successor that is syncing, healing dirty chunks, and removing the chunks of
-//! deleted files and volumes.
+//! filling a successor that is syncing, healing dirty chunks, removing the chunks of
+//! deleted files and volumes, and sweeping chunks whose file the registry no longer has.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +18,9 @@ use crate::store::ChunkId;
 const CHUNKS_PER_ROUND: usize = 256;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3);
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Files checked with the registry per round of the orphan sweep.
+const ORPHAN_FILES_PER_ROUND: usize = 64;
 
 pub fn disks_to_wire(node: &DataNode) -> Vec<registry_pb::Disk> {
     node.store
@@ -66,6 +69,19 @@ pub async fn maintenance_loop(node: Arc<DataNode>, mut stop: watch::Receiver<boo
             _ = fill.tick() => fill_successors(&node).await,
             _ = sweep.tick() => heal_dirty(&node).await,
             _ = garbage.tick() => collect_garbage(&node).await,
+        }
+    }
+}
+
+/// Sweeps chunks of files the registry no longer has, on its own schedule: a slow registry
+/// answer must not hold up fills, healing or garbage collection.
+pub async fn orphan_sweep_loop(node: Arc<DataNode>, mut stop: watch::Receiver<bool>) {
+    let mut orphans = tokio::time::interval(ORPHAN_SWEEP_INTERVAL);
+    let mut cursor = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = orphans.tick() => sweep_orphans(&node, &mut cursor).await,
         }
     }
 }
@@ -257,5 +273,69 @@ async fn collect_garbage(node: &Arc<DataNode>) {
     };
     if let Err(error) = node.registry.ack_garbage(ack).await {
         tracing::warn!(%error, "cannot acknowledge removed garbage");
+    }
+}
+
+/// Removes the chunks of files the registry no longer has. Garbage collection removes them
+/// normally, but a chunk can come back after this service collected its file: a fill from a
+/// predecessor that had not collected it yet, or a write retried late. Inode numbers are
+/// never reused, so a file whose volume exists but which has neither an inode nor an orphan
+/// record (a linearizable read) is never written again. A missing volume is left to garbage
+/// collection (a service pointed at the wrong registry must not wipe itself), and any other
+/// answer, the registry unreachable say, removes nothing.
+async fn sweep_orphans(node: &Arc<DataNode>, cursor: &mut Option<(u64, u64)>) {
+    let after = *cursor;
+    let files = match node
+        .blocking(move |store| store.list_files(after, ORPHAN_FILES_PER_ROUND))
+        .await
+    {
+        Ok(files) => files,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list files for the orphan sweep");
+            return;
+        }
+    };
+    let mut orphans = Vec::new();
+    for (volume_id, ino) in &files {
+        let request = registry_pb::GetAttrRequest {
+            volume_id: *volume_id,
+            ino: *ino,
+        };
+        match node.registry.file_exists(request).await {
+            Ok(reply) if reply.volume_exists && !reply.file_exists => orphans.push(chunk_to_wire(&ChunkId {
+                volume_id: *volume_id,
+                ino: *ino,
+                index: 0,
+            })),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "orphan sweep paused: the registry did not answer");
+                return;
+            }
+        }
+    }
+    // The next round goes on after the last file checked, or starts over at the end.
+    *cursor = if files.len() < ORPHAN_FILES_PER_ROUND {
+        None
+    } else {
+        files.last().copied()
+    };
+    if orphans.is_empty() {
+        return;
+    }
+    let count = orphans.len();
+    match node
+        .drop_chunks(pb::DropRequest {
+            files: orphans,
+            volumes: Vec::new(),
+        })
+        .await
+    {
+        Ok(reply) => tracing::info!(
+            files = count,
+            chunks = reply.chunks_removed,
+            "removed chunks of files the registry no longer has"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot remove chunks of deleted files"),
     }
 }

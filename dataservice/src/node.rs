@@ -26,8 +26,10 @@ use tonic::Status;
 use crate::locks::ChunkLocks;
 use crate::peers::Peers;
 use crate::stats::Stats;
-use crate::status::{from_store, invalid, stale_chain};
-use crate::store::{self, ChunkId, ChunkStore, IncomingCopy, MAX_CHUNK_SIZE_BYTES, StoreError, StoreResult, WriteOp};
+use crate::status::{from_store, invalid, is_out_of_sync, out_of_sync, stale_chain};
+use crate::store::{
+    self, ChunkId, ChunkStore, IncomingCopy, MAX_CHUNK_SIZE_BYTES, Replace, StoreError, StoreResult, WriteOp,
+};
 
 /// Longest wait for the rest of the chain to acknowledge one write or copy.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +47,19 @@ pub struct DataNode {
     pub stats: Stats,
     pub registry: RegistryClient,
     repairs: Mutex<HashSet<ChunkId>>,
+}
+
+/// The versions a chain member put on a change it forwards (both 0 from a client).
+struct ForwardedVersions {
+    prior: u64,
+    version: u64,
+}
+
+fn request_versions(request: &pb::WriteRequest) -> ForwardedVersions {
+    ForwardedVersions {
+        prior: request.prior_chunk_version,
+        version: request.chunk_version,
+    }
 }
 
 pub fn chunk_of(chunk: Option<pb::ChunkId>) -> Result<ChunkId, Status> {
@@ -179,55 +194,110 @@ impl DataNode {
         }
         let successor = self.successor(&chain, position)?;
         let _guard = self.locks.write(&chunk).await;
+        let (prior, version) = self
+            .next_version(&chain, chunk, &request_versions(&request), successor.as_ref())
+            .await?;
+        let data = request.data.clone();
+        let crcs = request.payload_crcs.clone();
+        let (chain_id, offset, sync, dirty) = (chain.id, request.offset, request.sync, successor.is_some());
+        self.blocking(move |store| {
+            store.write(
+                chunk,
+                WriteOp {
+                    chain_id,
+                    offset,
+                    data: &data,
+                    payload_crcs: &crcs,
+                    version,
+                    dirty,
+                    sync,
+                },
+            )
+        })
+        .await
+        .map_err(from_store)?;
+        Stats::add(&self.stats.bytes_written, length);
+        if let Some((next, address)) = successor {
+            let mut forward = request;
+            forward.chunk_version = version;
+            forward.prior_chunk_version = prior;
+            let mut call = tonic::Request::new(forward);
+            call.set_timeout(FORWARD_TIMEOUT);
+            let reply = self.peers.client(&address)?.write(call).await.map(|_| ());
+            self.settle_forward(&chain, chunk, next, &address, reply).await?;
+        }
+        Ok(pb::WriteReply { chunk_version: version })
+    }
+
+    /// A client's change enters at the head, which must hold a complete copy (serve): a
+    /// head still being filled would apply it to partial data and push that down the chain.
+    fn require_serving_head(chain: &ChainInfo, position: usize) -> Result<(), Status> {
+        if position == 0 && !chain.targets[0].serving {
+            return Err(Status::unavailable(format!(
+                "chain {}: its head is still being filled and no member holds a complete copy; \
+                 writes resume when one returns",
+                chain.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The prior and new version of a chunk change about to be applied here. The head
+    /// assigns the next version (after healing a chunk an earlier failed change left dirty);
+    /// other members check that they hold exactly the sender's prior version.
+    async fn next_version(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        forwarded: &ForwardedVersions,
+        successor: Option<&(u64, String)>,
+    ) -> Result<(u64, u64), Status> {
         let meta = self
             .blocking(move |store| store.meta(&chunk))
             .await
             .map_err(from_store)?;
         let local_version = meta.as_ref().map_or(0, |m| m.version);
-        let version = if forwarded {
-            request.chunk_version
-        } else {
-            self.heal_if_dirty(&chain, chunk, successor.as_ref()).await?;
-            local_version + 1
-        };
-        // A forwarded write this member already has (a resend) is not applied twice.
-        if !forwarded || version > local_version {
-            let data = request.data.clone();
-            let crcs = request.payload_crcs.clone();
-            let (chain_id, offset, sync, dirty) = (chain.id, request.offset, request.sync, successor.is_some());
-            self.blocking(move |store| {
-                store.write(
-                    chunk,
-                    WriteOp {
-                        chain_id,
-                        offset,
-                        data: &data,
-                        payload_crcs: &crcs,
-                        version,
-                        dirty,
-                        sync,
-                    },
-                )
-            })
+        if forwarded.version == 0 {
+            Self::require_serving_head(chain, 0)?;
+            self.heal_if_dirty(chain, chunk, successor).await?;
+            return Ok((local_version, local_version + 1));
+        }
+        if forwarded.version != forwarded.prior + 1 {
+            return Err(invalid(format!(
+                "{chunk}: forwarded version {} does not follow prior version {}",
+                forwarded.version, forwarded.prior
+            )));
+        }
+        if local_version != forwarded.prior {
+            tracing::info!(%chunk, local_version, prior = forwarded.prior, "chunk out of sync with the chain; asking for a whole copy");
+            return Err(out_of_sync(&chunk, local_version, forwarded.prior));
+        }
+        Ok((forwarded.prior, forwarded.version))
+    }
+
+    /// Finishes a change forwarded to `next`: an out-of-sync successor gets the whole chunk
+    /// (this change included) pushed down the chain; any other failure is the caller's.
+    /// On success the chunk is clean here. The caller holds the chunk's lock.
+    async fn settle_forward(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        next: u64,
+        address: &str,
+        reply: Result<(), Status>,
+    ) -> Result<(), Status> {
+        match reply {
+            Ok(()) => {}
+            Err(status) if is_out_of_sync(&status) => {
+                tracing::info!(%chunk, successor = next, "successor holds another history of the chunk; sending it whole");
+                self.push_copy(chain, chunk, next, address, true).await?;
+                Stats::add(&self.stats.chunks_resynced, 1);
+            }
+            Err(status) => return Err(downstream(status, next, address)),
+        }
+        self.blocking(move |store| store.mark_clean(chunk))
             .await
-            .map_err(from_store)?;
-            Stats::add(&self.stats.bytes_written, length);
-        }
-        if let Some((next, address)) = successor {
-            let mut forward = request;
-            forward.chunk_version = version;
-            let mut client = self.peers.client(&address)?;
-            let mut call = tonic::Request::new(forward);
-            call.set_timeout(FORWARD_TIMEOUT);
-            client
-                .write(call)
-                .await
-                .map_err(|status| downstream(status, next, &address))?;
-            self.blocking(move |store| store.mark_clean(chunk))
-                .await
-                .map_err(from_store)?;
-        }
-        Ok(pb::WriteReply { chunk_version: version })
+            .map_err(from_store)
     }
 
     /// Before a new write, a chunk that an earlier, failed write left dirty here is copied
@@ -313,21 +383,26 @@ impl DataNode {
         }
         let successor = self.successor(&chain, position)?;
         let _guard = self.locks.write(&chunk).await;
-        let meta = self
-            .blocking(move |store| store.meta(&chunk))
-            .await
-            .map_err(from_store)?;
-        let version = if forwarded {
-            request.chunk_version
-        } else {
-            meta.as_ref().map_or(0, |m| m.version) + 1
+        let forwarded_versions = ForwardedVersions {
+            prior: request.prior_chunk_version,
+            version: request.chunk_version,
         };
-        let (chain_id, length, remove) = (chain.id, request.length_bytes, request.remove);
+        let (prior, version) = self
+            .next_version(&chain, chunk, &forwarded_versions, successor.as_ref())
+            .await?;
+        let (chain_id, length, remove, dirty) = (chain.id, request.length_bytes, request.remove, successor.is_some());
+        // Durable at once: a client does not fsync a truncate, and a member that forgot
+        // one after a crash would hold bytes the others do not.
         self.blocking(move |store| {
             if remove {
-                store.remove(chunk).map(|_| ())
+                store.remove(chunk)?;
             } else {
-                store.truncate(chunk, chain_id, length, version, false)
+                store.truncate(chunk, chain_id, length, version, true)?;
+            }
+            if dirty {
+                store.mark_dirty(chunk, chain_id)
+            } else {
+                Ok(())
             }
         })
         .await
@@ -335,13 +410,11 @@ impl DataNode {
         if let Some((next, address)) = successor {
             let mut forward = request;
             forward.chunk_version = version;
+            forward.prior_chunk_version = prior;
             let mut call = tonic::Request::new(forward);
             call.set_timeout(FORWARD_TIMEOUT);
-            self.peers
-                .client(&address)?
-                .truncate(call)
-                .await
-                .map_err(|status| downstream(status, next, &address))?;
+            let reply = self.peers.client(&address)?.truncate(call).await.map(|_| ());
+            self.settle_forward(&chain, chunk, next, &address, reply).await?;
         }
         Ok(pb::TruncateReply { chunk_version: version })
     }
@@ -379,7 +452,7 @@ impl DataNode {
         target: u64,
         address: &str,
         forward: bool,
-    ) -> Result<bool, Status> {
+    ) -> Result<(), Status> {
         let meta = self
             .blocking(move |store| store.meta(&chunk))
             .await
@@ -432,7 +505,12 @@ impl DataNode {
             Err(error) => return Err(Status::internal(format!("copy producer failed: {error}"))),
         }
         let reply = reply.map_err(|status| downstream(status, target, address))?;
-        Ok(reply.into_inner().applied)
+        if !reply.into_inner().applied {
+            return Err(Status::internal(format!(
+                "{chunk}: data service {target} at {address} did not apply a whole-chunk copy"
+            )));
+        }
+        Ok(())
     }
 
     /// Receives a whole-chunk copy from the member before this one.
@@ -444,6 +522,17 @@ impl DataNode {
         let chunk = chunk_of(header.chunk)?;
         let chain = self.chain(header.chain_id, header.chain_version).await?;
         let position = self.position(&chain)?;
+        // Copies replace what is here, so only a complete (serving) predecessor sends them
+        // to a serving member.
+        let sender_serves = position > 0 && chain.targets[position - 1].serving;
+        if !sender_serves && chain.targets[position].serving {
+            return Err(stale_chain(
+                chain.id,
+                chain.version,
+                Some(chain.version),
+                "a whole-chunk copy must come from a serving predecessor",
+            ));
+        }
         let mut incoming: Option<IncomingCopy> = None;
         if header.exists {
             incoming = Some(
@@ -487,31 +576,28 @@ impl DataNode {
         }
         let _guard = self.locks.write(&chunk).await;
         let (chain_id, version, length) = (chain.id, header.chunk_version, header.length_bytes);
-        let applied = match incoming {
+        // The sender is upstream and holds its lock: its state is the chain's, so it
+        // replaces whatever this member holds, newer-looking versions included.
+        match incoming {
             Some(copy) => self
-                .blocking(move |store| store.finish_copy(copy, chain_id, version, length))
+                .blocking(move |store| store.finish_copy(copy, chain_id, version, length, Replace::Always))
                 .await
-                .map_err(from_store)?,
+                .map_err(from_store)
+                .map(|_| ())?,
             None => self
-                .blocking(move |store| match store.meta(&chunk)? {
-                    Some(meta) if meta.version > version => Ok(false),
-                    _ => store.remove(chunk).map(|_| true),
-                })
+                .blocking(move |store| store.remove(chunk).map(|_| ()))
                 .await
                 .map_err(from_store)?,
-        };
-        if applied
-            && header.forward
+        }
+        if header.forward
             && let Some((next, address)) = self.successor(&chain, position)?
         {
             self.push_copy(&chain, chunk, next, &address, true).await?;
         }
-        if applied {
-            self.blocking(move |store| store.mark_clean(chunk))
-                .await
-                .map_err(from_store)?;
-        }
-        Ok(pb::ChunkCopyReply { applied })
+        self.blocking(move |store| store.mark_clean(chunk))
+            .await
+            .map_err(from_store)?;
+        Ok(pb::ChunkCopyReply { applied: true })
     }
 
     fn spawn_repair(self: Arc<Self>, chain_id: u64, chunk: ChunkId) {
@@ -546,9 +632,14 @@ impl DataNode {
             match self.fetch_copy(&chain, chunk, address).await {
                 Ok((copy, version, length)) => {
                     let _guard = self.locks.write(&chunk).await;
-                    self.blocking(move |store| store.finish_copy(copy, chain_id, version, length))
+                    // A write applied here since the copy was read is newer: keep it.
+                    let applied = self
+                        .blocking(move |store| store.finish_copy(copy, chain_id, version, length, Replace::IfNotOlder))
                         .await
                         .map_err(from_store)?;
+                    if !applied {
+                        tracing::info!(%chunk, peer, "chunk rewritten here during its repair; the repair copy is dropped");
+                    }
                     return Ok(peer);
                 }
                 Err(error) => last_error = error,
@@ -580,7 +671,17 @@ impl DataNode {
                 length: COPY_PIECE_BYTES as u32,
             };
             let reply = client.read(request).await?.into_inner();
+            if let Err(piece) = store::verify_payload(&reply.data, &reply.payload_crcs) {
+                return Err(Status::data_loss(format!(
+                    "{chunk}: repair copy piece {piece} from {address} damaged in transit"
+                )));
+            }
             let total = *length.get_or_insert(reply.chunk_length_bytes);
+            if offset > 0 && (reply.chunk_version != version || reply.chunk_length_bytes != total) {
+                return Err(Status::aborted(format!(
+                    "{chunk}: changed at {address} while being copied for repair; try again"
+                )));
+            }
             version = reply.chunk_version;
             if offset >= total {
                 break;
@@ -650,6 +751,7 @@ impl DataNode {
             corruptions_detected: Stats::get(&self.stats.corruptions_detected),
             chunks_repaired: Stats::get(&self.stats.chunks_repaired),
             stale_requests_refused: Stats::get(&self.stats.stale_requests_refused),
+            chunks_resynced: Stats::get(&self.stats.chunks_resynced),
             chain_table_version: self.chains.current().version,
         })
     }

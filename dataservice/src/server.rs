@@ -87,6 +87,7 @@ pub async fn start(options: DataServiceOptions) -> anyhow::Result<RunningDataSer
         stopped.clone(),
     ));
     tokio::spawn(background::maintenance_loop(node.clone(), stopped.clone()));
+    tokio::spawn(background::orphan_sweep_loop(node.clone(), stopped.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let service = DataServiceServer::new(DataServiceApi::new(node.clone()))
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_SIZE_BYTES)

@@ -9,6 +9,7 @@ pub struct Stats {
     pub corruptions_detected: AtomicU64,
     pub chunks_repaired: AtomicU64,
     pub stale_requests_refused: AtomicU64,
+    pub chunks_resynced: AtomicU64,
 }
 
 impl Stats {

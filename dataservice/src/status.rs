@@ -4,7 +4,7 @@ use shoal_proto::STALE_CHAIN_METADATA_KEY;
 use shoal_proto::errno::{Errno, FsError};
 use tonic::Status;
 
-use crate::store::StoreError;
+use crate::store::{ChunkId, StoreError};
 
 pub fn from_store(error: StoreError) -> Status {
     match &error {
@@ -32,4 +32,26 @@ pub fn stale_chain(chain_id: u64, theirs: u64, ours: Option<u64>, why: &str) -> 
 
 pub fn invalid(message: impl Into<String>) -> Status {
     FsError::new(Errno::EINVAL, message).to_status()
+}
+
+/// Metadata key marking a forwarded change refused because the receiver's copy of the chunk
+/// has another history than the sender's (see `out_of_sync`).
+const OUT_OF_SYNC_METADATA_KEY: &str = "shoal-chunk-out-of-sync";
+
+/// A forwarded change reached a member whose chunk is not at the sender's prior version:
+/// applying it would mix two histories, so the sender must send the whole chunk instead.
+pub fn out_of_sync(chunk: &ChunkId, ours: u64, prior: u64) -> Status {
+    let mut status = Status::aborted(format!(
+        "{chunk}: this member holds version {ours}, the sender had version {prior} before this change; \
+         send the whole chunk"
+    ));
+    status.metadata_mut().insert(
+        OUT_OF_SYNC_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
+}
+
+pub fn is_out_of_sync(status: &Status) -> bool {
+    status.code() == tonic::Code::Aborted && status.metadata().get(OUT_OF_SYNC_METADATA_KEY).is_some()
 }

@@ -136,6 +136,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<RunningNode> {
     let lock = lock_data_dir(&options.data_dir)?;
     check_identity(&options.data_dir, options.node_id)?;
     let log_store = LogStore::open(&options.data_dir.join("raft-log")).context("cannot open the raft log")?;
+    let log_counters = log_store.counters();
     let state = StateHandle::open(&options.data_dir).context("cannot open the registry state")?;
     let config = options.tuning.to_config()?;
     let network = PeerNetwork { local: options.node_id };
@@ -153,6 +154,7 @@ pub async fn start(options: NodeOptions) -> anyhow::Result<RunningNode> {
         raft: raft.clone(),
         state: state.clone(),
         liveness: Arc::default(),
+        log_counters,
     };
 
     let (stop_background, background_stopped) = tokio::sync::watch::channel(false);

@@ -182,6 +182,21 @@ impl RegistryCluster {
         }
     }
 
+    /// Ends a test: on failure, prints every node's log and panics (dropping the cluster
+    /// kills its nodes); on success, stops every node gracefully.
+    pub fn finish<T>(mut self, result: anyhow::Result<T>) -> T {
+        match result {
+            Ok(value) => {
+                self.stop_all(Duration::from_secs(5));
+                value
+            }
+            Err(error) => {
+                eprintln!("{}", self.logs());
+                panic!("{error:#}");
+            }
+        }
+    }
+
     /// Every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

@@ -25,6 +25,9 @@ pub struct Disk {
     engine: RocksEngine,
 }
 
+/// Chunk files are spread over 256 subdirectories (`chunks/00` to `chunks/ff`).
+const SUBDIR_MASK: u32 = 0xff;
+
 fn corrupt(error: String) -> StoreError {
     StoreError::Metadata(error)
 }
@@ -38,6 +41,19 @@ impl Disk {
             ..RocksOptions::default()
         };
         let engine = RocksEngine::open(&root.join("meta"), SPACES, &tuning)?;
+        // Every chunk subdirectory exists, durably, before any chunk is created: a synced
+        // write to a new chunk then only needs its own directory entry made durable.
+        let mut created_any = false;
+        for subdir in 0..=SUBDIR_MASK {
+            let path = chunk_dir.join(format!("{subdir:02x}"));
+            if !path.is_dir() {
+                fs::create_dir(&path).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+                created_any = true;
+            }
+        }
+        if created_any {
+            File::open(&chunk_dir)?.sync_all()?;
+        }
         // Leftovers of copies interrupted by a crash.
         for entry in fs::read_dir(&chunk_dir)? {
             let dir = entry?.path();
@@ -67,7 +83,7 @@ impl Disk {
 
     fn subdir(&self, chunk: &ChunkId) -> PathBuf {
         let hash = super::crc(&chunk.key());
-        self.chunk_dir.join(format!("{:02x}", (hash >> 8) & 0xff))
+        self.chunk_dir.join(format!("{:02x}", (hash >> 8) & SUBDIR_MASK))
     }
 
     pub fn chunk_path(&self, chunk: &ChunkId) -> PathBuf {
@@ -79,24 +95,24 @@ impl Disk {
         self.chunk_path(chunk).with_extension("incoming")
     }
 
-    /// Opens a chunk file; `create` also makes it (and its directory) if missing.
+    /// Opens a chunk file; `create` also makes it (and its directory) if missing. A new
+    /// file's directory entry is made durable before returning, so a synced write to a
+    /// new chunk survives a crash with its file.
     pub fn open_chunk(&self, chunk: &ChunkId, create: bool) -> io::Result<File> {
         let path = self.chunk_path(chunk);
-        let open = |path: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .write(create)
-                .create(create)
-                .truncate(false)
-                .open(path)
-        };
-        match open(&path) {
-            Err(error) if create && error.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(self.subdir(chunk))?;
-                open(&path)
-            }
-            other => other,
+        let existing = OpenOptions::new().read(true).write(create).open(&path);
+        match existing {
+            Err(error) if create && error.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
         }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        File::open(self.subdir(chunk))?.sync_all()?;
+        Ok(file)
     }
 
     pub fn create_incoming(&self, path: &Path) -> io::Result<File> {

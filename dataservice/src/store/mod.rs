@@ -82,6 +82,15 @@ pub struct ReadResult {
     pub length_bytes: u64,
 }
 
+/// Whether a received whole-chunk copy replaces what is here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replace {
+    /// A copy from upstream in the chain: it is the chain's state, whatever is here.
+    Always,
+    /// A repair copy fetched from a peer: a newer local write (since the fetch) wins.
+    IfNotOlder,
+}
+
 /// A whole chunk being received from a chain peer into a temporary file.
 pub struct IncomingCopy {
     chunk: ChunkId,
@@ -412,7 +421,7 @@ impl ChunkStore {
         }
         let mut batch = WriteBatch::new();
         disk.delete_chunk_records(&mut batch, &chunk, meta.chain_id);
-        disk.engine().write(batch, Durability::Buffered)?;
+        disk.engine().write(batch, Durability::Synced)?;
         Ok(true)
     }
 
@@ -420,6 +429,14 @@ impl ChunkStore {
     pub fn mark_clean(&self, chunk: ChunkId) -> StoreResult<()> {
         let mut batch = WriteBatch::new();
         batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+        self.disk(&chunk).engine().write(batch, Durability::Buffered)?;
+        Ok(())
+    }
+
+    /// The chunk changed here and its chain downstream has not acknowledged it yet.
+    pub fn mark_dirty(&self, chunk: ChunkId, chain_id: u64) -> StoreResult<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(SPACE_DIRTY, chunk.key().to_vec(), chain_id.to_be_bytes().to_vec());
         self.disk(&chunk).engine().write(batch, Durability::Buffered)?;
         Ok(())
     }
@@ -462,14 +479,15 @@ impl ChunkStore {
         })
     }
 
-    /// Replaces the chunk with a received copy if the copy is not older than what is here.
-    /// Returns whether it was applied.
+    /// Replaces the chunk with a received copy (see `Replace`). Returns whether it was
+    /// applied.
     pub fn finish_copy(
         &self,
         mut copy: IncomingCopy,
         chain_id: u64,
         version: u64,
         length_bytes: u64,
+        replace: Replace,
     ) -> StoreResult<bool> {
         let disk = self.disk(&copy.chunk);
         let chunk = copy.chunk;
@@ -480,9 +498,9 @@ impl ChunkStore {
                 message: format!("copy carried {} of {length_bytes} bytes", copy.written_bytes),
             });
         }
-        if let Some(existing) = disk.meta(&chunk)?
-            && existing.version > version
-        {
+        // A repair replaces a damaged chunk that is still here, and only with a copy at
+        // least as new: a chunk removed or rewritten meanwhile stays as the chain left it.
+        if replace == Replace::IfNotOlder && disk.meta(&chunk)?.is_none_or(|existing| existing.version > version) {
             let _ = std::fs::remove_file(&copy.path);
             return Ok(false);
         }
@@ -579,6 +597,42 @@ impl ChunkStore {
 
     pub fn drop_volume(&self, volume_id: u64) -> StoreResult<u64> {
         self.drop_prefix(&volume_id.to_be_bytes())
+    }
+
+    /// Distinct files (volume id, inode) with chunks here, in key order, after `after`.
+    pub fn list_files(&self, after: Option<(u64, u64)>, max: usize) -> StoreResult<Vec<(u64, u64)>> {
+        let max = max.clamp(1, MAX_LISTED_CHUNKS);
+        let start = match after {
+            Some((volume_id, ino)) => {
+                let mut prefix = volume_id.to_be_bytes().to_vec();
+                prefix.extend_from_slice(&ino.to_be_bytes());
+                match shoal_engine::prefix_end(&prefix) {
+                    Some(start) => start,
+                    None => return Ok(Vec::new()),
+                }
+            }
+            None => Vec::new(),
+        };
+        let mut files = std::collections::BTreeSet::new();
+        for disk in &self.disks {
+            let mut found = 0;
+            let mut last = None;
+            // Stops at `max` files per disk; a file's chunks are adjacent in key order.
+            disk.engine().scan(SPACE_CHUNKS, &start, None, &mut |key, _| {
+                if let Some(chunk) = ChunkId::from_key(key)
+                    && last != Some((chunk.volume_id, chunk.ino))
+                {
+                    if found == max {
+                        return ScanControl::Stop;
+                    }
+                    last = Some((chunk.volume_id, chunk.ino));
+                    files.insert((chunk.volume_id, chunk.ino));
+                    found += 1;
+                }
+                ScanControl::Continue
+            })?;
+        }
+        Ok(files.into_iter().take(max).collect())
     }
 
     /// Number of chunks stored (bounded count).

@@ -131,7 +131,7 @@ fn a_flipped_byte_is_detected_not_returned() {
 }
 
 #[test]
-fn copies_replace_only_older_chunks_and_removal_cleans_up() {
+fn copies_from_upstream_always_replace_repairs_only_older_and_removal_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(&[dir.path().to_path_buf(), dir.path().join("second")]).unwrap();
     write(&store, 0, b"local", 5);
@@ -139,18 +139,53 @@ fn copies_replace_only_older_chunks_and_removal_cleans_up() {
     let mut copy = store.begin_copy(CHUNK).unwrap();
     copy.append(0, &content, &payload_crcs(&content)).unwrap();
     assert!(
-        !store.finish_copy(copy, 5, 4, 10_000).unwrap(),
-        "an older copy must not replace newer data"
+        !store.finish_copy(copy, 5, 4, 10_000, Replace::IfNotOlder).unwrap(),
+        "an older repair copy must not replace newer data"
     );
     assert_eq!(store.read(CHUNK, 0, 5).unwrap().data, b"local");
+    // A copy from upstream is the chain's state, even with a lower version (another history).
     let mut copy = store.begin_copy(CHUNK).unwrap();
     copy.append(0, &content, &payload_crcs(&content)).unwrap();
-    assert!(store.finish_copy(copy, 5, 6, 10_000).unwrap());
+    assert!(store.finish_copy(copy, 5, 2, 10_000, Replace::Always).unwrap());
     let read = store.read(CHUNK, 0, 10_000).unwrap();
-    assert_eq!((read.data, read.version), (content, 6));
+    assert_eq!((read.data, read.version), (content.clone(), 2));
+    let mut copy = store.begin_copy(CHUNK).unwrap();
+    copy.append(0, &content, &payload_crcs(&content)).unwrap();
+    assert!(store.finish_copy(copy, 5, 6, 10_000, Replace::IfNotOlder).unwrap());
+    let read = store.read(CHUNK, 0, 10_000).unwrap();
+    assert_eq!((read.data, read.version), (content.clone(), 6));
     assert_eq!(store.list_chain(5, None, 10).unwrap(), vec![(CHUNK, 6)]);
     assert_eq!(store.drop_file(1, 7).unwrap(), 1);
     assert!(!store.chunk_path(&CHUNK).exists());
     assert_eq!(store.list_chain(5, None, 10).unwrap(), vec![]);
     assert_eq!(store.chunk_count().unwrap(), 0);
+    // A repair copy never brings back a chunk removed meanwhile.
+    let mut copy = store.begin_copy(CHUNK).unwrap();
+    copy.append(0, &content, &payload_crcs(&content)).unwrap();
+    assert!(!store.finish_copy(copy, 5, 9, 10_000, Replace::IfNotOlder).unwrap());
+    assert_eq!(store.chunk_count().unwrap(), 0);
+}
+
+#[test]
+fn files_are_listed_once_each_in_key_order_across_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(&[dir.path().join("one"), dir.path().join("two")]).unwrap();
+    let data = [7u8; 100];
+    let crcs = payload_crcs(&data);
+    for (volume_id, ino, index) in [(1, 7, 0), (1, 7, 1), (1, 7, 2), (1, 8, 0), (2, 1, 0), (2, 1, 5)] {
+        let op = WriteOp {
+            chain_id: 5,
+            offset: 0,
+            data: &data,
+            payload_crcs: &crcs,
+            version: 1,
+            dirty: false,
+            sync: false,
+        };
+        store.write(ChunkId { volume_id, ino, index }, op).unwrap();
+    }
+    assert_eq!(store.list_files(None, 2).unwrap(), vec![(1, 7), (1, 8)]);
+    assert_eq!(store.list_files(Some((1, 8)), 10).unwrap(), vec![(2, 1)]);
+    assert_eq!(store.list_files(Some((2, 1)), 10).unwrap(), vec![]);
+    assert_eq!(store.list_files(None, 10).unwrap(), vec![(1, 7), (1, 8), (2, 1)]);
 }

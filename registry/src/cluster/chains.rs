@@ -122,12 +122,19 @@ pub(super) fn reconcile(txn: &mut Txn<'_>, services: &[DataServiceRecord]) -> Ns
         for id in returning {
             chain.missing.retain(|m| *m != id);
             // With no serving member left, nobody could fill it: its copy is the newest
-            // there is, so it serves at once.
+            // there is (a chain without a serving head takes no writes), so it serves at
+            // once, at the head, and fills the others.
+            // Invariant: the serving members of a chain come first.
             let alone = chain.targets.iter().all(|t| !t.serving);
-            chain.targets.push(ChainTarget {
+            let target = ChainTarget {
                 data_service_id: id,
                 serving: alone,
-            });
+            };
+            if alone {
+                chain.targets.insert(0, target);
+            } else {
+                chain.targets.push(target);
+            }
         }
         // Replace removed and draining targets with up services not yet in the chain.
         let staying = chain

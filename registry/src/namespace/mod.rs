@@ -20,7 +20,9 @@ mod remove;
 mod rename;
 pub mod validate;
 
-pub use read::{DirListing, FsStat, ListedEntry, getattr, getxattr, listxattr, lookup, readdir, readlink, statfs};
+pub use read::{
+    DirListing, FsStat, ListedEntry, file_exists, getattr, getxattr, listxattr, lookup, readdir, readlink, statfs,
+};
 
 use shoal_engine::ScanControl;
 use shoal_proto::errno::{Errno, FsError};

@@ -56,6 +56,23 @@ pub fn getattr(read: &dyn KvRead, volume_id: u64, ino: u64) -> Result<InodeAttr,
     })())
 }
 
+/// Whether volume `volume_id` exists, and whether inode `ino` in it still holds data: it
+/// exists, or an open handle keeps it as an orphan after its last name went.
+pub fn file_exists(read: &dyn KvRead, volume_id: u64, ino: u64) -> Result<(bool, bool), FsError> {
+    fs_result((|| {
+        let txn = Txn::new(read);
+        if txn
+            .get_record::<crate::records::VolumeRecord>(keys::SPACE_CLUSTER, &keys::volume(volume_id))?
+            .is_none()
+        {
+            return Ok((false, false));
+        }
+        let inode = txn.get_record::<Inode>(SPACE_NAMESPACE, &keys::inode(volume_id, ino))?;
+        let orphan = txn.get_record::<crate::records::OrphanRecord>(SPACE_NAMESPACE, &keys::orphan(volume_id, ino))?;
+        Ok((true, inode.is_some() || orphan.is_some()))
+    })())
+}
+
 pub fn readlink(read: &dyn KvRead, volume_id: u64, ino: u64) -> Result<Vec<u8>, FsError> {
     let attr = getattr(read, volume_id, ino)?;
     attr.inode.symlink_target.ok_or_else(|| {

@@ -6,12 +6,16 @@
 //!
 //! Invariant: a callback fires only after an fsync that started after its entries were
 //! written. Invariant: the vote is durable before `save_vote` returns.
+//!
+//! [`LogCounters`] count entries appended and fsyncs, so the batching can be observed (the
+//! registry's Status call reports both).
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use openraft::entry::RaftEntry;
@@ -36,21 +40,51 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// What the log did since the process started: the evidence that group commit batches.
+#[derive(Debug, Default)]
+pub struct LogCounters {
+    entries_appended: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+impl LogCounters {
+    /// Log entries written by `append` (leader proposals and entries received as follower).
+    pub fn entries_appended(&self) -> u64 {
+        self.entries_appended.load(Ordering::Relaxed)
+    }
+
+    /// fsyncs of the log's write-ahead log: one per flusher group, plus one per vote saved.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Clone)]
 pub struct LogStore {
     engine: Arc<RocksEngine>,
     flushes: SyncSender<IOFlushed<TypeConfig>>,
+    counters: Arc<LogCounters>,
 }
 
 impl LogStore {
     pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
         let engine = Arc::new(RocksEngine::open(dir, LOG_SPACES, &RocksOptions::default())?);
         let (flushes, pending) = sync_channel(MAX_PENDING_FLUSHES);
-        let flusher_engine = engine.clone();
+        let counters = Arc::new(LogCounters::default());
+        let (flusher_engine, flusher_counters) = (engine.clone(), counters.clone());
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || run_flusher(flusher_engine, pending))?;
-        Ok(LogStore { engine, flushes })
+            .spawn(move || run_flusher(flusher_engine, flusher_counters, pending))?;
+        Ok(LogStore {
+            engine,
+            flushes,
+            counters,
+        })
+    }
+
+    /// The counters of this log, shared with every clone.
+    pub fn counters(&self) -> Arc<LogCounters> {
+        self.counters.clone()
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
@@ -69,7 +103,7 @@ impl LogStore {
 }
 
 /// Syncs the log once per group of queued callbacks, then completes the whole group.
-fn run_flusher(engine: Arc<RocksEngine>, pending: Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(engine: Arc<RocksEngine>, counters: Arc<LogCounters>, pending: Receiver<IOFlushed<TypeConfig>>) {
     // Ends when every LogStore clone (every sender) is gone.
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
@@ -80,6 +114,7 @@ fn run_flusher(engine: Arc<RocksEngine>, pending: Receiver<IOFlushed<TypeConfig>
             }
         }
         let result = engine.sync_wal().map_err(|e| e.to_string());
+        counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         for callback in group {
             callback.io_completed(result.clone().map_err(|e| io_error("sync raft log", e)));
         }
@@ -162,9 +197,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::new();
         batch.put(SPACE_RAFT_META, KEY_VOTE.to_vec(), encode(vote));
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.write(batch, Durability::Synced))
-            .await
-            .map_err(|e| io_error("save vote", e))?
+        tokio::task::spawn_blocking(move || {
+            store.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            store.write(batch, Durability::Synced)
+        })
+        .await
+        .map_err(|e| io_error("save vote", e))?
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
@@ -185,10 +223,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new();
+        let mut count = 0u64;
         for entry in entries {
             batch.put(SPACE_LOG, index_key(entry.index()).to_vec(), encode(&entry));
+            count += 1;
         }
         self.write(batch, Durability::Buffered)?;
+        self.counters.entries_appended.fetch_add(count, Ordering::Relaxed);
         self.flushes
             .send(callback)
             .map_err(|_| io_error("append raft log", "the log flusher has stopped"))

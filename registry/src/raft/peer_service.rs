@@ -88,6 +88,9 @@ impl RaftPeer for PeerService {
         self.check_target(header.target_node_id)?;
         let (vote, meta): (Vote, SnapshotMeta) =
             decode(&header.payload, "snapshot header").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Received into a file of its own: an install from any file but the node's current
+        // snapshot is what `StateHandle::snapshots_received` counts (a restore at start reads
+        // the current one).
         let path = self.state.temporary_snapshot_path("incoming");
         let received = async {
             let mut file = std::fs::File::create(&path).map_err(|e| internal("create snapshot file", e))?;

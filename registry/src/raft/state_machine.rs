@@ -50,7 +50,10 @@ struct StateInner {
     engine: RwLock<Arc<RocksEngine>>,
     generation: Mutex<u64>,
     unique: AtomicU64,
-    snapshots_installed: AtomicU64,
+    /// Snapshots received from a leader (InstallSnapshot) and installed.
+    snapshots_received: AtomicU64,
+    /// Snapshots restored from this node's own snapshot file at start.
+    snapshots_restored: AtomicU64,
 }
 
 fn generation_dir(state_dir: &Path, generation: u64) -> PathBuf {
@@ -118,7 +121,8 @@ impl StateHandle {
                 engine: RwLock::new(Arc::new(engine)),
                 generation: Mutex::new(generation),
                 unique: AtomicU64::new(0),
-                snapshots_installed: AtomicU64::new(0),
+                snapshots_received: AtomicU64::new(0),
+                snapshots_restored: AtomicU64::new(0),
             }),
         })
     }
@@ -130,7 +134,19 @@ impl StateHandle {
 
     /// Snapshots installed since this process started (received from a leader or restored).
     pub fn snapshots_installed(&self) -> u64 {
-        self.inner.snapshots_installed.load(Ordering::Relaxed)
+        self.snapshots_received() + self.snapshots_restored()
+    }
+
+    /// Snapshots received from a leader and installed since this process started: the
+    /// proof that a lagging node caught up through InstallSnapshot, not through its log.
+    pub fn snapshots_received(&self) -> u64 {
+        self.inner.snapshots_received.load(Ordering::Relaxed)
+    }
+
+    /// Snapshots restored from this node's own snapshot file at start (openraft installs the
+    /// last snapshot when the state machine is behind it, e.g. after a crash mid-install).
+    pub fn snapshots_restored(&self) -> u64 {
+        self.inner.snapshots_restored.load(Ordering::Relaxed)
     }
 
     /// The last log index the current snapshot covers, if there is one.
@@ -273,7 +289,10 @@ impl StateHandle {
         // Keep the snapshot first, then switch the state: a crash in between restarts
         // with a snapshot newer than the state, which openraft installs again.
         let current = self.current_snapshot_path();
-        if data.path != current {
+        // A snapshot from a leader arrives in a temporary file (see `PeerService`); a restore
+        // at start reads this node's own current snapshot file.
+        let received = data.path != current;
+        if received {
             publish(&data.path, &current)?;
         }
         write_current(&self.inner.state_dir, next)?;
@@ -285,8 +304,13 @@ impl StateHandle {
         *generation = next;
         drop(generation);
         retire(old, old_dir);
-        self.inner.snapshots_installed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(last_log_id = ?meta.last_log_id, generation = next, "installed snapshot");
+        let counter = if received {
+            &self.inner.snapshots_received
+        } else {
+            &self.inner.snapshots_restored
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(last_log_id = ?meta.last_log_id, generation = next, received, "installed snapshot");
         Ok(())
     }
 
@@ -422,5 +446,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tokio::task::spawn_blocking(move || handle.current_snapshot())
             .await
             .map_err(|e| io_error("read current snapshot", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installs_count_received_and_restored_apart() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let handle = StateHandle::open(dir.path()).map_err(|e| io::Error::other(format!("{e:#}")))?;
+        let built = handle.build_snapshot()?;
+        // A copy in a temporary file stands for a snapshot streamed from a leader.
+        let incoming = handle.temporary_snapshot_path("incoming");
+        fs::copy(&built.snapshot.path, &incoming)?;
+        handle.install_snapshot(&built.meta, SnapshotData::open(&incoming)?)?;
+        assert_eq!((handle.snapshots_received(), handle.snapshots_restored()), (1, 0));
+        assert!(!incoming.exists(), "the received file became the current snapshot");
+        // The node's own current snapshot, as openraft installs it at start when the state
+        // is behind it.
+        let current = handle.current_snapshot()?.expect("a current snapshot");
+        handle.install_snapshot(&current.meta, current.snapshot)?;
+        assert_eq!((handle.snapshots_received(), handle.snapshots_restored()), (1, 1));
+        assert_eq!(handle.snapshots_installed(), 2);
+        Ok(())
     }
 }

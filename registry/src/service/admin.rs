@@ -314,6 +314,11 @@ impl Admin for AdminService {
             snapshots_installed: self.core.state.snapshots_installed(),
             snapshot_last_index: self.core.state.snapshot_last_index(),
             local_read: super::is_local_read(&request),
+            snapshots_received_from_leader: self.core.state.snapshots_received(),
+            snapshots_restored_at_start: self.core.state.snapshots_restored(),
+            last_purged_log_index: metrics.purged.as_ref().map(|log_id| log_id.index),
+            log_entries_appended: self.core.log_counters.entries_appended(),
+            log_fsyncs: self.core.log_counters.fsyncs(),
         }))
     }
 }

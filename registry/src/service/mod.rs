@@ -22,6 +22,7 @@ use shoal_proto::leader::{LeaderHint, not_leader_status};
 use tonic::Status;
 
 use crate::command::{Command, Outcome, Proposal, RequestId};
+use crate::raft::log_store::LogCounters;
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{NodeId, Raft, TypeConfig};
 
@@ -40,6 +41,8 @@ pub struct RegistryCore {
     pub raft: Raft,
     pub state: StateHandle,
     pub liveness: Arc<liveness::Liveness>,
+    /// The Raft log's group-commit counters (reported by Status).
+    pub log_counters: Arc<LogCounters>,
 }
 
 fn leader_hint(forward: &ForwardToLeader<TypeConfig>) -> Option<LeaderHint> {

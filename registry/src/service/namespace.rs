@@ -70,6 +70,17 @@ impl Namespace for NamespaceService {
         reply_attr(namespace::getattr(state.as_ref(), r.volume_id, r.ino))
     }
 
+    async fn file_exists(&self, request: Request<pb::GetAttrRequest>) -> Result<Response<pb::FileExistsReply>, Status> {
+        let state = self.core.read_barrier(&request).await?;
+        let r = request.get_ref();
+        let (volume_exists, file_exists) =
+            namespace::file_exists(state.as_ref(), r.volume_id, r.ino).map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::FileExistsReply {
+            volume_exists,
+            file_exists,
+        }))
+    }
+
     async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Result<Response<pb::AttrReply>, Status> {
         let r = request.get_ref();
         let change = SetAttr {
