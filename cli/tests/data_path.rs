@@ -151,6 +151,30 @@ async fn one_gib_at_three_replicas_reads_back_identical() {
         let attr = write_pattern(&data, volume_id, &attr, 1, 1 << 30, |_| {}).await?;
         let written = started.elapsed();
         anyhow::ensure!(attr.size_bytes == 1 << 30, "size is {}", attr.size_bytes);
+        // Striped: consecutive chunks on `stripe width` different chains, whose heads are
+        // spread over the data services, so one stream uses several of them at once.
+        let layout = FileLayout::of(volume_id, &attr)?;
+        let table = chain_table(&registry).await;
+        let width = layout.chain_ids.len();
+        let chains: std::collections::BTreeSet<u64> = (0..width as u64).map(|i| layout.chain_of(i)).collect();
+        let heads: std::collections::BTreeSet<u64> = chains
+            .iter()
+            .filter_map(|id| table.chain(*id).and_then(|c| c.head()))
+            .collect();
+        anyhow::ensure!(
+            width >= 2 && chains.len() == width && heads.len() >= 2,
+            "layout over {width} chains {chains:?} with heads {heads:?}"
+        );
+        for service in &cluster.data {
+            let id = service.id(&cluster.registry).await.expect("registered");
+            let stats = member(&table, id).stats(data_pb::StatsRequest {}).await?.into_inner();
+            // Every byte is on all three members (replication 3).
+            anyhow::ensure!(
+                stats.bytes_written >= 1 << 30,
+                "data service {id} stored only {} bytes",
+                stats.bytes_written
+            );
+        }
         let started = Instant::now();
         verify_pattern(&data, volume_id, &attr, 1).await?;
         println!(
@@ -934,6 +958,17 @@ async fn full_disk_gives_enospc_and_keeps_serving_reads() {
     fail_with_logs(&mut cluster, ready).await;
     let result = async {
         let registry = cluster.registry.client();
+        // The heartbeat reports the disk as it is: 48 MiB, nearly all free, healthy.
+        let disk_report = || async {
+            let status = registry.status(pb::Empty {}).await.ok()?;
+            let service = status.data_services.first()?;
+            service.disks.first().cloned()
+        };
+        let reported = disk_report().await.ok_or_else(|| anyhow::anyhow!("no disk reported"))?;
+        anyhow::ensure!(
+            reported.capacity_bytes == 48 * MIB && reported.free_bytes > 40 * MIB && reported.healthy,
+            "reported disk: {reported:?}"
+        );
         let volume_id = volume(&registry, "small", 1).await;
         let data = DataClient::new(registry.clone());
         let small = new_file(&registry, volume_id, "small").await;
@@ -952,6 +987,17 @@ async fn full_disk_gives_enospc_and_keeps_serving_reads() {
             anyhow::ensure!(offset < 256 * MIB, "wrote {offset} bytes to a 48 MiB disk");
         };
         anyhow::ensure!(error.errno() == Errno::ENOSPC, "expected ENOSPC, got {error}");
+        // The next heartbeats report it full (and still healthy: full is not broken).
+        wait_for(
+            "the heartbeat to report the disk full",
+            Duration::from_secs(30),
+            || async {
+                disk_report()
+                    .await
+                    .filter(|disk| disk.free_bytes < 4 * MIB && disk.healthy)
+            },
+        )
+        .await?;
         println!("disk full after {} MiB: {error}", offset / MIB);
         verify_pattern(&data, volume_id, &small, 7).await?;
         let status = registry.status(pb::Empty {}).await?;

@@ -266,6 +266,38 @@ fn failure_return_fill_removal_and_draining() {
     );
 }
 
+/// A chain whose only serving member fails while another is still being filled: the one
+/// being filled holds a partial copy and must not head the chain. When the complete one
+/// returns it serves at once, at the head, and fills the other.
+#[test]
+fn a_complete_member_returning_to_a_chain_without_one_rejoins_at_the_head() {
+    let mut state = State::new();
+    let ids: Vec<u64> = (0..2).map(|i| state.register(&format!("ds{i}"), "")).collect();
+    state.use_all_chains();
+    let chain_id = state.table().chains.iter().find(|c| c.replicas == 2).unwrap().id;
+    let chain = |state: &State| {
+        let table = state.table();
+        let chain = table.chains.iter().find(|c| c.id == chain_id).unwrap();
+        chain
+            .targets
+            .iter()
+            .map(|t| (t.data_service_id, t.serving))
+            .collect::<Vec<_>>()
+    };
+    let [first, second] = [chain(&state)[0].0, chain(&state)[1].0];
+    assert!(ids.contains(&first) && ids.contains(&second));
+    // The second leaves and returns: it is being filled behind the first.
+    state.set_state(second, DataServiceState::Down);
+    state.set_state(second, DataServiceState::Up);
+    assert_eq!(chain(&state), vec![(first, true), (second, false)]);
+    // The first fails before the fill ends: nobody serves.
+    state.set_state(first, DataServiceState::Down);
+    assert_eq!(chain(&state), vec![(second, false)]);
+    // It returns: serving, at the head, ahead of the partial copy.
+    state.set_state(first, DataServiceState::Up);
+    assert_eq!(chain(&state), vec![(first, true), (second, false)]);
+}
+
 #[test]
 fn unused_chains_move_but_used_chains_keep_their_targets() {
     let mut state = State::new();
