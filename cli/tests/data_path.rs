@@ -831,6 +831,98 @@ async fn an_out_of_sync_member_refuses_forwarded_writes_and_is_sent_the_whole_ch
     cluster.stop_all();
 }
 
+/// A write whose forward fails (the tail was SIGKILLed) leaves it applied at the head and
+/// the middle but unacknowledged: neither serves it to readers, and once the chain has
+/// dropped the dead tail its members converge on one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unacknowledged_change_is_not_read_back_and_heals() {
+    let mut cluster = start(3).await;
+    let result = async {
+        let registry = cluster.registry.client();
+        let volume_id = volume(&registry, "dirty", 3).await;
+        let attr = new_file(&registry, volume_id, "f").await;
+        let data = DataClient::new(registry.clone());
+        let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
+        let layout = FileLayout::of(volume_id, &attr)?;
+        let table = chain_table(&registry).await;
+        let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
+        let [head, middle, tail] = [0, 1, 2].map(|i| chain.targets[i].data_service_id);
+        let mut tail_index = None;
+        for service in &cluster.data {
+            if service.id(&cluster.registry).await == Some(tail) {
+                tail_index = Some(service.index);
+            }
+        }
+        cluster.kill_data_service(tail_index.expect("the tail is one of ours"));
+        let payload = vec![5u8; 4096];
+        let failed = member(&table, head)
+            .write(data_pb::WriteRequest {
+                chain_id: chain.id,
+                chain_version: chain.version,
+                chunk: Some(chunk_id(volume_id, attr.ino, 0)),
+                chunk_size_bytes: layout.chunk_size_bytes,
+                offset: 0,
+                payload_crcs: shoal_proto::checksum::payload_crcs(&payload),
+                data: payload.into(),
+                sync: true,
+                chunk_version: 0,
+                prior_chunk_version: 0,
+            })
+            .await
+            .expect_err("a write whose tail is dead cannot be acknowledged");
+        anyhow::ensure!(failed.code() == tonic::Code::Unavailable, "{failed:?}");
+        for id in [head, middle] {
+            let refused = member(&table, id)
+                .read(data_pb::ReadRequest {
+                    chain_id: chain.id,
+                    chain_version: chain.version,
+                    chunk: Some(chunk_id(volume_id, attr.ino, 0)),
+                    offset: 0,
+                    length: 8192,
+                })
+                .await
+                .expect_err("an unacknowledged change must not be read back");
+            anyhow::ensure!(
+                refused.code() == tonic::Code::Unavailable && refused.message().contains("not acknowledged"),
+                "data service {id}: {refused:?}"
+            );
+        }
+        // The registry drops the dead tail; the two left converge and serve reads again.
+        wait_for(
+            "the chain to drop its dead tail and heal",
+            Duration::from_secs(60),
+            || async {
+                let table = chain_table(&registry).await;
+                let chain = table.chain(chain.id)?.clone();
+                if chain.position(tail).is_some() {
+                    return None;
+                }
+                let mut copies = Vec::new();
+                for target in &chain.targets {
+                    let reply = member(&table, target.data_service_id)
+                        .read(data_pb::ReadRequest {
+                            chain_id: chain.id,
+                            chain_version: chain.version,
+                            chunk: Some(chunk_id(volume_id, attr.ino, 0)),
+                            offset: 0,
+                            length: 8192,
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    copies.push(reply.data);
+                }
+                (copies.len() == 2 && copies[0] == copies[1]).then_some(())
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    fail_with_logs(&mut cluster, result).await;
+    cluster.stop_all();
+}
+
 async fn chunk_counts(cluster: &ShoalCluster) -> anyhow::Result<Vec<u64>> {
     let table = chain_table(&cluster.registry.client()).await;
     let mut counts = Vec::new();

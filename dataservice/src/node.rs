@@ -11,7 +11,9 @@
 //! applied (a newer version first makes this service refresh its table).
 //! Invariant: a member marks a chunk dirty before forwarding and clean only after the
 //! downstream acknowledgement; a dirty chunk at the head is copied whole down the chain
-//! before its next write, so replicas that saw only part of a failed write converge.
+//! before its next write, so replicas that saw only part of a failed write converge. A
+//! member with a successor serves no reads of a chunk dirty here: what it holds was never
+//! acknowledged.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -345,8 +347,23 @@ impl DataNode {
         }
         let _guard = self.locks.read(&chunk).await;
         let offset = request.offset;
-        match self.blocking(move |store| store.read(chunk, offset, length)).await {
-            Ok(result) => {
+        // A chunk dirty here holds a change its chain never acknowledged (a failed forward,
+        // until healed): a member with a successor sends the reader on, towards the tail,
+        // which only ever holds acknowledged changes.
+        let has_successor = position + 1 < chain.targets.len();
+        let read = self
+            .blocking(move |store| {
+                if has_successor && store.is_dirty(&chunk)? {
+                    return Ok(None);
+                }
+                store.read(chunk, offset, length).map(Some)
+            })
+            .await;
+        match read {
+            Ok(None) => Err(Status::unavailable(format!(
+                "{chunk}: holds a change its chain has not acknowledged yet; read from another member"
+            ))),
+            Ok(Some(result)) => {
                 Stats::add(&self.stats.bytes_read, length);
                 Ok(pb::ReadReply {
                     payload_crcs: store::payload_crcs(&result.data),
