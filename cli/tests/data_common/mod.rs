@@ -1,0 +1,149 @@
+//! Helpers shared by the data-path tests: a cluster of real processes, deterministic file
+//! contents, and direct clients to single data services. Each test crate uses a part of
+//! them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use shoal_client::chains::ChainTable;
+use shoal_client::proto as pb;
+use shoal_client::{DataClient, RegistryClient, file};
+use shoal_proto::data as data_pb;
+use shoal_proto::data::data_service_client::DataServiceClient;
+use shoal_testkit::ShoalCluster;
+
+pub const MIB: u64 = 1 << 20;
+pub const BLOCK_BYTES: u64 = 16 * MIB;
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// Deterministic bytes for position `offset` of test file `seed` (splitmix64 per word).
+pub fn pattern(seed: u64, offset: u64, length: u64) -> Vec<u8> {
+    assert!(offset.is_multiple_of(8) && length.is_multiple_of(8));
+    let mut out = Vec::with_capacity(length as usize);
+    for word in offset / 8..(offset + length) / 8 {
+        let mut z = word ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out
+}
+
+pub async fn start(data_services: usize) -> ShoalCluster {
+    ShoalCluster::start(&binary(), 1, data_services, &["--data-service-lease-ms=2000"])
+        .await
+        .expect("cluster starts")
+}
+
+pub async fn volume(registry: &RegistryClient, name: &str, replicas: u32) -> u64 {
+    registry
+        .create_volume(pb::CreateVolumeRequest {
+            name: name.into(),
+            replicas,
+            ..Default::default()
+        })
+        .await
+        .expect("volume created")
+        .id
+}
+
+pub async fn new_file(registry: &RegistryClient, volume_id: u64, name: &str) -> pb::Attr {
+    registry
+        .create(pb::CreateRequest {
+            volume_id,
+            parent: 1,
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            file_type: pb::FileType::Regular as i32,
+            mode: 0o644,
+            exclusive: true,
+            ..Default::default()
+        })
+        .await
+        .expect("file created")
+}
+
+/// Writes `size` bytes of pattern `seed`, calling `during` after each block.
+pub async fn write_pattern(
+    data: &DataClient,
+    volume_id: u64,
+    attr: &pb::Attr,
+    seed: u64,
+    size: u64,
+    mut during: impl FnMut(u64),
+) -> anyhow::Result<pb::Attr> {
+    let layout = file::layout_of(data, volume_id, attr).await?;
+    let mut offset = 0;
+    while offset < size {
+        let length = BLOCK_BYTES.min(size - offset);
+        data.write(&layout, offset, Bytes::from(pattern(seed, offset, length)), false)
+            .await?;
+        offset += length;
+        during(offset);
+    }
+    let chunks: Vec<u64> = (0..size.div_ceil(layout.chunk_size_bytes)).collect();
+    data.sync(&layout, &chunks).await?;
+    Ok(data.registry().extend_file(volume_id, attr.ino, size).await?)
+}
+
+pub async fn verify_pattern(data: &DataClient, volume_id: u64, attr: &pb::Attr, seed: u64) -> anyhow::Result<()> {
+    let mut offset = 0;
+    while offset < attr.size_bytes {
+        let length = BLOCK_BYTES.min(attr.size_bytes - offset);
+        let bytes = file::read_at(data, volume_id, attr, offset, length).await?;
+        anyhow::ensure!(bytes.len() as u64 == length, "short read at {offset}");
+        if bytes[..] != pattern(seed, offset, length)[..] {
+            let first = bytes
+                .iter()
+                .zip(pattern(seed, offset, length))
+                .position(|(a, b)| *a != b)
+                .unwrap_or(0);
+            anyhow::bail!("file differs at byte {}", offset + first as u64);
+        }
+        offset += length;
+    }
+    Ok(())
+}
+
+pub async fn fail_with_logs<T>(cluster: &mut ShoalCluster, result: anyhow::Result<T>) -> T {
+    match result {
+        Ok(value) => value,
+        Err(error) => {
+            let logs = cluster.logs();
+            cluster.stop_all();
+            panic!("{error:#}\n{logs}");
+        }
+    }
+}
+
+/// A direct client to the data service with registry id `id`.
+pub fn member(table: &ChainTable, id: u64) -> DataServiceClient<tonic::transport::Channel> {
+    let address = table.address(id).expect("address known");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
+    DataServiceClient::new(channel).max_decoding_message_size(shoal_proto::MAX_MESSAGE_SIZE_BYTES)
+}
+
+pub async fn chain_table(registry: &RegistryClient) -> ChainTable {
+    ChainTable::from_wire(registry.get_chain_table(pb::Empty {}).await.expect("chain table"))
+}
+
+pub fn chunk_id(volume_id: u64, ino: u64, index: u64) -> data_pb::ChunkId {
+    data_pb::ChunkId { volume_id, ino, index }
+}
+
+/// Finds the file of `chunk` under a data service's disks.
+pub fn find_chunk_file(disk: &std::path::Path, volume_id: u64, ino: u64, index: u64) -> Option<PathBuf> {
+    let name = format!("{volume_id}-{ino}-{index}");
+    for dir in std::fs::read_dir(disk.join("chunks")).ok()? {
+        let candidate = dir.ok()?.path().join(&name);
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+    }
+    None
+}
