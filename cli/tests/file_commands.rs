@@ -127,6 +127,23 @@ async fn cp_ls_and_cat_move_files_both_ways_and_refuse_bad_paths() {
         let cat = shoal(registry, &["cat", "shoal://files/odd name é.txt"])?;
         anyhow::ensure!(cat.status.success() && cat.stdout == small, "cat returned other bytes");
 
+        // On a terminal, a large copy shows a progress bar (`script` gives it a pty).
+        let command = format!(
+            "{} cp shoal://files/big.bin {} --registry={registry}",
+            binary().display(),
+            back.join("with-progress").display()
+        );
+        let on_terminal = std::process::Command::new("script")
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .output()?;
+        let shown = String::from_utf8_lossy(&on_terminal.stdout);
+        anyhow::ensure!(on_terminal.status.success(), "cp on a terminal failed: {shown}");
+        anyhow::ensure!(
+            shown.contains("shoal://files/big.bin ->") && shown.contains("MiB"),
+            "no progress bar on a terminal: {shown:?}"
+        );
+        same_file(&back.join("with-progress"), &big)?;
+
         // Copying over an existing, larger file replaces it whole (no old tail left).
         succeeds(
             registry,
