@@ -11,7 +11,7 @@ use bytes::Bytes;
 use data_common::*;
 use shoal_client::chains::ChainTable;
 use shoal_client::proto as pb;
-use shoal_client::{DataClient, FileLayout, RegistryClient, file};
+use shoal_client::{DataClient, RegistryClient, file};
 use shoal_proto::data as data_pb;
 use shoal_testkit::wait_for;
 
@@ -69,13 +69,7 @@ async fn replica_difference(registry: &RegistryClient) -> anyhow::Result<Option<
             let mut first: Option<Bytes> = None;
             for target in &chain.targets {
                 let reply = member(&table, target.data_service_id)
-                    .read(data_pb::ReadRequest {
-                        chain_id: chain.id,
-                        chain_version: chain.version,
-                        chunk: Some(chunk_id(*volume_id, *ino, *index)),
-                        offset: 0,
-                        length: 4 * MIB as u32,
-                    })
+                    .read(chunk_read(chain, *volume_id, *ino, *index, 4 * MIB as u32))
                     .await?
                     .into_inner();
                 match &first {
@@ -225,24 +219,18 @@ async fn an_out_of_sync_member_refuses_forwarded_writes_and_is_sent_the_whole_ch
     let mut cluster = start(3).await;
     let result = async {
         let registry = cluster.registry.client();
-        let volume_id = volume(&registry, "resync", 3).await;
-        let attr = new_file(&registry, volume_id, "f").await;
         let data = DataClient::new(registry.clone());
-        let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
-        let layout = FileLayout::of(volume_id, &attr)?;
-        let table = chain_table(&registry).await;
-        let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
-        anyhow::ensure!(chain.targets.len() == 3, "chain has {} members", chain.targets.len());
+        let OneChunkFile {
+            volume_id,
+            attr,
+            layout,
+            table,
+            chain,
+        } = one_chunk_file(&registry, "resync").await?;
         let tail = chain.targets[2].data_service_id;
         let read_member = |id: u64| {
             let mut client = member(&table, id);
-            let request = data_pb::ReadRequest {
-                chain_id: chain.id,
-                chain_version: chain.version,
-                chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                offset: 0,
-                length: 8192,
-            };
+            let request = chunk_read(&chain, volume_id, attr.ino, 0, 8192);
             async move { anyhow::Ok(client.read(request).await?.into_inner()) }
         };
         let version = read_member(tail).await?.chunk_version;
@@ -310,13 +298,13 @@ async fn an_unacknowledged_change_is_not_read_back_and_heals() {
     let mut cluster = start(3).await;
     let result = async {
         let registry = cluster.registry.client();
-        let volume_id = volume(&registry, "dirty", 3).await;
-        let attr = new_file(&registry, volume_id, "f").await;
-        let data = DataClient::new(registry.clone());
-        let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
-        let layout = FileLayout::of(volume_id, &attr)?;
-        let table = chain_table(&registry).await;
-        let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
+        let OneChunkFile {
+            volume_id,
+            attr,
+            layout,
+            table,
+            chain,
+        } = one_chunk_file(&registry, "dirty").await?;
         let [head, middle, tail] = [0, 1, 2].map(|i| chain.targets[i].data_service_id);
         let mut tail_index = None;
         for service in &cluster.data {
@@ -344,13 +332,7 @@ async fn an_unacknowledged_change_is_not_read_back_and_heals() {
         anyhow::ensure!(failed.code() == tonic::Code::Unavailable, "{failed:?}");
         for id in [head, middle] {
             let refused = member(&table, id)
-                .read(data_pb::ReadRequest {
-                    chain_id: chain.id,
-                    chain_version: chain.version,
-                    chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                    offset: 0,
-                    length: 8192,
-                })
+                .read(chunk_read(&chain, volume_id, attr.ino, 0, 8192))
                 .await
                 .expect_err("an unacknowledged change must not be read back");
             anyhow::ensure!(
@@ -371,13 +353,7 @@ async fn an_unacknowledged_change_is_not_read_back_and_heals() {
                 let mut copies = Vec::new();
                 for target in &chain.targets {
                     let reply = member(&table, target.data_service_id)
-                        .read(data_pb::ReadRequest {
-                            chain_id: chain.id,
-                            chain_version: chain.version,
-                            chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                            offset: 0,
-                            length: 8192,
-                        })
+                        .read(chunk_read(&chain, volume_id, attr.ino, 0, 8192))
                         .await
                         .ok()?
                         .into_inner();

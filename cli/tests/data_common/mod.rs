@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use shoal_client::chains::ChainTable;
+use shoal_client::chains::{ChainInfo, ChainTable};
 use shoal_client::proto as pb;
-use shoal_client::{DataClient, RegistryClient, file};
+use shoal_client::{DataClient, FileLayout, RegistryClient, file};
 use shoal_proto::data as data_pb;
 use shoal_proto::data::data_service_client::DataServiceClient;
 use shoal_testkit::ShoalCluster;
@@ -146,4 +146,44 @@ pub fn find_chunk_file(disk: &std::path::Path, volume_id: u64, ino: u64, index: 
         }
     }
     None
+}
+
+/// A read of `length` bytes from the start of chunk `index` of inode `ino`, at `chain`'s
+/// version, for one member directly.
+pub fn chunk_read(chain: &ChainInfo, volume_id: u64, ino: u64, index: u64, length: u32) -> data_pb::ReadRequest {
+    data_pb::ReadRequest {
+        chain_id: chain.id,
+        chain_version: chain.version,
+        chunk: Some(chunk_id(volume_id, ino, index)),
+        offset: 0,
+        length,
+    }
+}
+
+/// A file of 8 KiB of ones in a new volume `name` at replication 3, with its layout, the
+/// chain table and the chain holding its one chunk.
+pub struct OneChunkFile {
+    pub volume_id: u64,
+    pub attr: pb::Attr,
+    pub layout: FileLayout,
+    pub table: ChainTable,
+    pub chain: ChainInfo,
+}
+
+pub async fn one_chunk_file(registry: &RegistryClient, name: &str) -> anyhow::Result<OneChunkFile> {
+    let volume_id = volume(registry, name, 3).await;
+    let attr = new_file(registry, volume_id, "f").await;
+    let data = DataClient::new(registry.clone());
+    let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
+    let layout = FileLayout::of(volume_id, &attr)?;
+    let table = chain_table(registry).await;
+    let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
+    anyhow::ensure!(chain.targets.len() == 3, "chain has {} members", chain.targets.len());
+    Ok(OneChunkFile {
+        volume_id,
+        attr,
+        layout,
+        table,
+        chain,
+    })
 }
