@@ -88,6 +88,15 @@ fn main() -> std::process::ExitCode {
         Command::Mount(command) => command.runs_daemon(),
         _ => false,
     };
+    if !daemon {
+        // Commands that print for a pipeline end quietly when the reader goes away
+        // (`shoal status | head`), as Unix tools do. Sockets are unaffected: Rust writes
+        // them with MSG_NOSIGNAL.
+        // SAFETY: no other thread exists yet, and SIG_DFL installs no handler code.
+        unsafe {
+            let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
     // openraft narrates every election tick at info level; keep its warnings only.
     init_logging(if daemon { "info,openraft=warn" } else { "warn" });
     // The mount builds its own runtime (its FUSE session blocks a thread); run it outside.
