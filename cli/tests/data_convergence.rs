@@ -192,16 +192,15 @@ async fn a_member_that_missed_deletes_truncates_and_rewrites_converges_when_it_r
         expected[4096..4096 + 8192].copy_from_slice(&overwrite);
         let back = file::read_at(&data, volume_id, &rewrite, 0, 6 * MIB).await?;
         anyhow::ensure!(back[..] == expected[..], "the rewritten file reads back other bytes");
-        let mut resynced = 0;
         let table = chain_table(&registry).await;
-        for service in &cluster.data {
-            let id = service.id(&cluster.registry).await.expect("registered");
-            resynced += member(&table, id)
-                .stats(data_pb::StatsRequest {})
-                .await?
-                .into_inner()
-                .chunks_resynced;
-        }
+        let resynced = total_resynced(
+            &table,
+            table
+                .chains()
+                .flat_map(|c| c.targets.iter().map(|t| t.data_service_id))
+                .collect::<std::collections::BTreeSet<_>>(),
+        )
+        .await?;
         println!("replicas identical after the return; {resynced} chunks sent whole to an out-of-sync member");
         Ok(())
     }
@@ -275,13 +274,7 @@ async fn an_out_of_sync_member_refuses_forwarded_writes_and_is_sent_the_whole_ch
                 reply.chunk_version
             );
         }
-        let mut resynced = 0;
-        for target in &chain.targets {
-            let stats = member(&table, target.data_service_id)
-                .stats(data_pb::StatsRequest {})
-                .await?;
-            resynced += stats.into_inner().chunks_resynced;
-        }
+        let resynced = total_resynced(&table, chain.targets.iter().map(|t| t.data_service_id)).await?;
         anyhow::ensure!(resynced == 1, "{resynced} whole-chunk resyncs, expected 1");
         Ok(())
     }
@@ -306,13 +299,8 @@ async fn an_unacknowledged_change_is_not_read_back_and_heals() {
             chain,
         } = one_chunk_file(&registry, "dirty").await?;
         let [head, middle, tail] = [0, 1, 2].map(|i| chain.targets[i].data_service_id);
-        let mut tail_index = None;
-        for service in &cluster.data {
-            if service.id(&cluster.registry).await == Some(tail) {
-                tail_index = Some(service.index);
-            }
-        }
-        cluster.kill_data_service(tail_index.expect("the tail is one of ours"));
+        let tail_index = index_of(&cluster, tail).await;
+        cluster.kill_data_service(tail_index);
         let payload = vec![5u8; 4096];
         let failed = member(&table, head)
             .write(data_pb::WriteRequest {

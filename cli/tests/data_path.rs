@@ -268,15 +268,7 @@ async fn flipped_byte_is_detected_served_from_a_peer_and_repaired() {
         // The member the client asks first for chunk 0.
         let serving: Vec<u64> = chain.serving().collect();
         let damaged_id = serving[0];
-        let damaged_index = {
-            let mut found = None;
-            for service in &cluster.data {
-                if service.id(&cluster.registry).await == Some(damaged_id) {
-                    found = Some(service.index);
-                }
-            }
-            found.expect("damaged member is one of ours")
-        };
+        let damaged_index = index_of(&cluster, damaged_id).await;
         let path = find_chunk_file(&cluster.data[damaged_index].disks[0], volume_id, attr.ino, 0)
             .ok_or_else(|| anyhow::anyhow!("chunk file not found"))?;
         let mut bytes = std::fs::read(&path)?;

@@ -51,19 +51,6 @@ pub struct DataNode {
     repairs: Mutex<HashSet<ChunkId>>,
 }
 
-/// The versions a chain member put on a change it forwards (both 0 from a client).
-struct ForwardedVersions {
-    prior: u64,
-    version: u64,
-}
-
-fn request_versions(request: &pb::WriteRequest) -> ForwardedVersions {
-    ForwardedVersions {
-        prior: request.prior_chunk_version,
-        version: request.chunk_version,
-    }
-}
-
 pub fn chunk_of(chunk: Option<pb::ChunkId>) -> Result<ChunkId, Status> {
     let chunk = chunk.ok_or_else(|| invalid("request names no chunk"))?;
     Ok(ChunkId {
@@ -197,7 +184,13 @@ impl DataNode {
         let successor = self.successor(&chain, position)?;
         let _guard = self.locks.write(&chunk).await;
         let (prior, version) = self
-            .next_version(&chain, chunk, &request_versions(&request), successor.as_ref())
+            .next_version(
+                &chain,
+                chunk,
+                request.prior_chunk_version,
+                request.chunk_version,
+                successor.as_ref(),
+            )
             .await?;
         let data = request.data.clone();
         let crcs = request.payload_crcs.clone();
@@ -233,8 +226,8 @@ impl DataNode {
 
     /// A client's change enters at the head, which must hold a complete copy (serve): a
     /// head still being filled would apply it to partial data and push that down the chain.
-    fn require_serving_head(chain: &ChainInfo, position: usize) -> Result<(), Status> {
-        if position == 0 && !chain.targets[0].serving {
+    fn require_serving_head(chain: &ChainInfo) -> Result<(), Status> {
+        if !chain.targets[0].serving {
             return Err(Status::unavailable(format!(
                 "chain {}: its head is still being filled and no member holds a complete copy; \
                  writes resume when one returns",
@@ -244,14 +237,16 @@ impl DataNode {
         Ok(())
     }
 
-    /// The prior and new version of a chunk change about to be applied here. The head
-    /// assigns the next version (after healing a chunk an earlier failed change left dirty);
-    /// other members check that they hold exactly the sender's prior version.
+    /// The prior and new version of a chunk change about to be applied here. A client's
+    /// change (both forwarded versions 0) gets the next version from the head, after it
+    /// heals a chunk an earlier failed change left dirty; a forwarded change applies only
+    /// where this member holds exactly the sender's prior version.
     async fn next_version(
         &self,
         chain: &ChainInfo,
         chunk: ChunkId,
-        forwarded: &ForwardedVersions,
+        forwarded_prior: u64,
+        forwarded_version: u64,
         successor: Option<&(u64, String)>,
     ) -> Result<(u64, u64), Status> {
         let meta = self
@@ -259,22 +254,21 @@ impl DataNode {
             .await
             .map_err(from_store)?;
         let local_version = meta.as_ref().map_or(0, |m| m.version);
-        if forwarded.version == 0 {
-            Self::require_serving_head(chain, 0)?;
+        if forwarded_version == 0 {
+            Self::require_serving_head(chain)?;
             self.heal_if_dirty(chain, chunk, successor).await?;
             return Ok((local_version, local_version + 1));
         }
-        if forwarded.version != forwarded.prior + 1 {
+        if forwarded_version != forwarded_prior + 1 {
             return Err(invalid(format!(
-                "{chunk}: forwarded version {} does not follow prior version {}",
-                forwarded.version, forwarded.prior
+                "{chunk}: forwarded version {forwarded_version} does not follow prior version {forwarded_prior}"
             )));
         }
-        if local_version != forwarded.prior {
-            tracing::info!(%chunk, local_version, prior = forwarded.prior, "chunk out of sync with the chain; asking for a whole copy");
-            return Err(out_of_sync(&chunk, local_version, forwarded.prior));
+        if local_version != forwarded_prior {
+            tracing::info!(%chunk, local_version, prior = forwarded_prior, "chunk out of sync with the chain; asking for a whole copy");
+            return Err(out_of_sync(&chunk, local_version, forwarded_prior));
         }
-        Ok((forwarded.prior, forwarded.version))
+        Ok((forwarded_prior, forwarded_version))
     }
 
     /// Finishes a change forwarded to `next`: an out-of-sync successor gets the whole chunk
@@ -400,12 +394,14 @@ impl DataNode {
         }
         let successor = self.successor(&chain, position)?;
         let _guard = self.locks.write(&chunk).await;
-        let forwarded_versions = ForwardedVersions {
-            prior: request.prior_chunk_version,
-            version: request.chunk_version,
-        };
         let (prior, version) = self
-            .next_version(&chain, chunk, &forwarded_versions, successor.as_ref())
+            .next_version(
+                &chain,
+                chunk,
+                request.prior_chunk_version,
+                request.chunk_version,
+                successor.as_ref(),
+            )
             .await?;
         let (chain_id, length, remove, dirty) = (chain.id, request.length_bytes, request.remove, successor.is_some());
         // Durable at once: a client does not fsync a truncate, and a member that forgot

@@ -187,3 +187,26 @@ pub async fn one_chunk_file(registry: &RegistryClient, name: &str) -> anyhow::Re
         chain,
     })
 }
+
+/// The index in `cluster.data` of the data service with registry id `id`.
+pub async fn index_of(cluster: &ShoalCluster, id: u64) -> usize {
+    for service in &cluster.data {
+        if service.id(&cluster.registry).await == Some(id) {
+            return service.index;
+        }
+    }
+    panic!("data service {id} is not one of this test's")
+}
+
+/// Whole-chunk resyncs sent by the data services `ids`, summed.
+pub async fn total_resynced(table: &ChainTable, ids: impl IntoIterator<Item = u64>) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for id in ids {
+        total += member(table, id)
+            .stats(data_pb::StatsRequest {})
+            .await?
+            .into_inner()
+            .chunks_resynced;
+    }
+    Ok(total)
+}
