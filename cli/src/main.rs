@@ -1,6 +1,7 @@
 //! `shoal`: one binary for every role and every admin task, so one container image serves
 //! every pod and one install serves every node.
 
+mod chain_cmd;
 mod data_cmd;
 mod files_cmd;
 mod format;
@@ -53,6 +54,8 @@ enum Command {
     Registry(registry_cmd::RegistryCommand),
     /// Create, list, inspect and delete volumes.
     Volume(volume_cmd::VolumeCommand),
+    /// List chains; resume one that waits for lost members.
+    Chain(chain_cmd::ChainCommand),
     /// Show the cluster: leader, members, data services, volumes.
     Status(status_cmd::StatusCommand),
     /// Run a data service.
@@ -123,6 +126,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Registry(command) => command.run().await,
             Command::Volume(command) => command.run().await,
+            Command::Chain(command) => command.run().await,
             Command::Status(command) => command.run().await,
             Command::Data(command) => command.run().await,
             Command::Up(command) => command.run().await,

@@ -2,6 +2,7 @@
 
 use shoal_proto::registry as pb;
 
+use crate::chain_cmd::{chain_json, waiting_line};
 use crate::registry_cmd::{members_json, members_table};
 use crate::volume_cmd::{volume_json, volumes_table};
 use crate::{RegistryAddress, format};
@@ -56,7 +57,10 @@ fn raft_json(status: &pb::StatusReply) -> serde_json::Value {
 
 impl StatusCommand {
     pub async fn run(self) -> anyhow::Result<()> {
-        let status = self.registry.client()?.status(pb::Empty {}).await?;
+        let client = self.registry.client()?;
+        let status = client.status(pb::Empty {}).await?;
+        let chains = client.get_chain_table(pb::Empty {}).await?.chains;
+        let waiting: Vec<&pb::Chain> = chains.iter().filter(|c| waiting_line(c).is_some()).collect();
         let members = pb::MembersReply {
             leader_id: status.leader_id,
             members: status.members.clone(),
@@ -74,6 +78,7 @@ impl StatusCommand {
                 "volumes": status.volumes.iter().map(volume_json).collect::<Vec<_>>(),
                 "chain_table_version": status.chain_table_version,
                 "chain_count": status.chain_count,
+                "waiting_chains": waiting.iter().map(|c| chain_json(c)).collect::<Vec<_>>(),
                 "raft": raft_json(&status),
             });
             println!("{}", serde_json::to_string_pretty(&json)?);
@@ -124,6 +129,9 @@ impl StatusCommand {
             "\nchains: {} (table version {})",
             status.chain_count, status.chain_table_version
         );
+        for line in waiting.iter().filter_map(|c| waiting_line(c)) {
+            println!("  {line}");
+        }
         println!("\nvolumes\n{}", volumes_table(&status.volumes));
         Ok(())
     }

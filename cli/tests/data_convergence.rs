@@ -9,84 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use data_common::*;
-use shoal_client::chains::ChainTable;
 use shoal_client::proto as pb;
-use shoal_client::{DataClient, RegistryClient, file};
+use shoal_client::{DataClient, file};
 use shoal_proto::data as data_pb;
 use shoal_testkit::wait_for;
-
-/// Every chunk of `chain_id` that data service `id` holds, with its version.
-async fn member_chunks(table: &ChainTable, id: u64, chain_id: u64) -> anyhow::Result<Vec<(u64, u64, u64, u64)>> {
-    let mut client = member(table, id);
-    let mut listed = Vec::new();
-    let mut after: Option<data_pb::ChunkId> = None;
-    // Bounded: every page moves the cursor forward, and a test holds few chunks.
-    for _page in 0..1000 {
-        let reply = client
-            .list_chunks(data_pb::ListChunksRequest {
-                chain_id,
-                after_volume_id: after.map_or(0, |c| c.volume_id),
-                after_ino: after.map_or(0, |c| c.ino),
-                after_index: after.map_or(0, |c| c.index),
-                has_after: after.is_some(),
-                max_chunks: 256,
-            })
-            .await?
-            .into_inner();
-        for chunk in &reply.chunks {
-            let id = chunk.chunk.expect("listed chunk has an id");
-            listed.push((id.volume_id, id.ino, id.index, chunk.chunk_version));
-            after = Some(id);
-        }
-        if reply.end || reply.chunks.is_empty() {
-            return Ok(listed);
-        }
-    }
-    anyhow::bail!("data service {id} lists more than 256,000 chunks of chain {chain_id}")
-}
-
-/// None if every member of every chain holds the same chunks at the same versions with
-/// the same bytes; otherwise what differs.
-async fn replica_difference(registry: &RegistryClient) -> anyhow::Result<Option<String>> {
-    let table = chain_table(registry).await;
-    for chain in table.chains() {
-        let mut lists = Vec::new();
-        for target in &chain.targets {
-            lists.push((
-                target.data_service_id,
-                member_chunks(&table, target.data_service_id, chain.id).await?,
-            ));
-        }
-        for (id, list) in &lists[1..] {
-            if list != &lists[0].1 {
-                return Ok(Some(format!(
-                    "chain {}: data service {id} holds {list:?}, data service {} holds {:?}",
-                    chain.id, lists[0].0, lists[0].1
-                )));
-            }
-        }
-        for (volume_id, ino, index, _) in &lists[0].1 {
-            let mut first: Option<Bytes> = None;
-            for target in &chain.targets {
-                let reply = member(&table, target.data_service_id)
-                    .read(chunk_read(chain, *volume_id, *ino, *index, 4 * MIB as u32))
-                    .await?
-                    .into_inner();
-                match &first {
-                    None => first = Some(reply.data),
-                    Some(bytes) if *bytes != reply.data => {
-                        return Ok(Some(format!(
-                            "chunk {volume_id}-{ino}-{index}: data service {} holds other bytes",
-                            target.data_service_id
-                        )));
-                    }
-                    Some(_) => {}
-                }
-            }
-        }
-    }
-    Ok(None)
-}
 
 /// A data service that was down while files were deleted, truncated and rewritten holds an
 /// older history of their chunks, some with versions the chain has since reused. When it

@@ -146,6 +146,21 @@ impl FsCore {
         Ok(attr)
     }
 
+    /// fsync (`closer` None) and close (`closer`: the closing process's lock owner) of open
+    /// file description `fh`: [`FsCore::commit`], then a write error of the file not yet
+    /// reported to that caller.
+    pub async fn commit_for(&self, ino: u64, fh: u64, closer: Option<u64>) -> Result<(), ClientError> {
+        let committed = self.commit(ino, true).await;
+        let unreported = self
+            .handles
+            .unreported_error(fh, closer, &self.inodes.write_errors(ino));
+        committed?;
+        match unreported {
+            Some(error) => Err(ClientError::Fs(error)),
+            None => Ok(()),
+        }
+    }
+
     /// [`FsCore::commit`], with the inode's commit lock already held.
     async fn commit_locked(&self, ino: u64, sync_data: bool) -> Result<(), ClientError> {
         self.drain(ino).await?;
@@ -156,6 +171,13 @@ impl FsCore {
                 && !pending.chunks.is_empty()
             {
                 self.data.sync(layout, &pending.chunks).await?;
+                if let Some(lost) = self.data.loss_since(&pending.loss_epochs) {
+                    // The writes may be gone: a write error of the file, for every open
+                    // file description to report once (they are not owed again).
+                    tracing::warn!(ino, %lost, "unsynced writes may have been lost");
+                    let error = shoal_client::FsError::new(shoal_client::Errno::EIO, lost);
+                    self.inodes.write_errors(ino).record(error);
+                }
             }
             if pending.end > 0 && !pending.orphaned {
                 let attr = self.registry().extend_file(self.volume_id, ino, pending.end).await?;
@@ -265,6 +287,7 @@ fn owed(taken: &crate::inodes::PendingWrites, failed: bool) -> crate::inodes::Pe
     crate::inodes::PendingWrites {
         layout: taken.layout.clone(),
         chunks: taken.chunks.clone(),
+        loss_epochs: taken.loss_epochs.clone(),
         end: if failed { taken.end } else { 0 },
         orphaned: taken.orphaned,
     }

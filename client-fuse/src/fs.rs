@@ -218,8 +218,8 @@ impl Filesystem for ShoalFs {
         self.spawn(move |core| async move { core.write(ino.0, fh.0, offset, data, reply).await });
     }
 
-    fn flush(&self, _request: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.spawn(move |core| async move { core.flush(ino.0, reply).await });
+    fn flush(&self, _request: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.spawn(move |core| async move { core.flush(ino.0, fh.0, Some(lock_owner.0), reply).await });
     }
 
     fn release(
@@ -235,8 +235,8 @@ impl Filesystem for ShoalFs {
         self.spawn(move |core| async move { core.release(ino.0, fh.0, reply).await });
     }
 
-    fn fsync(&self, _request: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.spawn(move |core| async move { core.fsync(ino.0, reply).await });
+    fn fsync(&self, _request: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |core| async move { core.flush(ino.0, fh.0, None, reply).await });
     }
 
     fn readdir(&self, _request: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {

@@ -5,11 +5,13 @@
 //! Invariant: an inode with pending writes or open handles is never evicted; the table is
 //! otherwise bounded, and idle entries are dropped first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use shoal_client::FileLayout;
+
+use crate::writes::WriteErrors;
 use shoal_client::proto as pb;
 
 /// Chunks remembered as needing an fsync per inode before a commit is forced early.
@@ -30,11 +32,16 @@ pub struct InodeState {
     pub orphaned: bool,
     /// Serializes commits (fsync, flush, size recording) of this inode.
     pub commit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Failed background writes, reported to each open file description once.
+    pub write_errors: Arc<WriteErrors>,
+    /// For each chain written since the last fsync: its loss epoch at the first such write.
+    pub loss_epochs: BTreeMap<u64, u64>,
 }
 
 impl InodeState {
+    /// Nothing to report or commit: the entry may be dropped.
     fn idle(&self) -> bool {
-        self.open_handles == 0 && self.pending_end == 0 && self.dirty_chunks.is_empty()
+        self.open_handles == 0 && self.pending_end == 0 && self.dirty_chunks.is_empty() && !self.write_errors.unseen()
     }
 }
 
@@ -48,6 +55,8 @@ pub struct InodeTable {
 pub struct PendingWrites {
     pub layout: Option<FileLayout>,
     pub chunks: Vec<u64>,
+    /// Loss epochs of the chains written, as the first unsynced write saw them.
+    pub loss_epochs: BTreeMap<u64, u64>,
     pub end: u64,
     pub orphaned: bool,
 }
@@ -113,12 +122,22 @@ impl InodeTable {
         self.with(ino, |state| state.layout = Some(layout));
     }
 
-    /// Records a write sent to the data services. Returns true if the inode has so many
-    /// unsynced chunks that it should be committed now.
-    pub fn note_write(&self, ino: u64, end: u64, chunks: impl Iterator<Item = u64>) -> bool {
+    /// Records a write sent to the data services, with the loss epochs of the chains it
+    /// went to. Returns true if the inode has so many unsynced chunks that it should be
+    /// committed now.
+    pub fn note_write(
+        &self,
+        ino: u64,
+        end: u64,
+        chunks: impl Iterator<Item = u64>,
+        loss_epochs: &[(u64, u64)],
+    ) -> bool {
         self.with(ino, |state| {
             state.pending_end = state.pending_end.max(end);
             state.dirty_chunks.extend(chunks);
+            for (chain, epoch) in loss_epochs {
+                state.loss_epochs.entry(*chain).or_insert(*epoch);
+            }
             state.first_unrecorded_write.get_or_insert_with(Instant::now);
             state.dirty_chunks.len() >= MAX_DIRTY_CHUNKS_PER_INODE
         })
@@ -133,6 +152,7 @@ impl InodeTable {
             PendingWrites {
                 layout: state.layout.clone(),
                 chunks: std::mem::take(&mut state.dirty_chunks).into_iter().collect(),
+                loss_epochs: std::mem::take(&mut state.loss_epochs),
                 end: state.pending_end,
                 orphaned: state.orphaned,
             }
@@ -154,6 +174,11 @@ impl InodeTable {
         self.with(ino, |state| {
             state.pending_end = state.pending_end.max(pending.end);
             state.dirty_chunks.extend(pending.chunks.iter().copied());
+            for (chain, epoch) in &pending.loss_epochs {
+                // The older epoch is the one the writes must be checked against.
+                let kept = state.loss_epochs.entry(*chain).or_insert(*epoch);
+                *kept = (*kept).min(*epoch);
+            }
             if pending.end > 0 {
                 state.first_unrecorded_write.get_or_insert_with(Instant::now);
             }
@@ -169,11 +194,18 @@ impl InodeTable {
                 let keep = size.div_ceil(layout.chunk_size_bytes.max(1));
                 state.dirty_chunks.retain(|index| *index < keep);
             }
+            if state.dirty_chunks.is_empty() {
+                state.loss_epochs.clear();
+            }
         });
     }
 
     pub fn commit_lock(&self, ino: u64) -> Arc<tokio::sync::Mutex<()>> {
         self.with(ino, |state| state.commit_lock.clone())
+    }
+
+    pub fn write_errors(&self, ino: u64) -> Arc<WriteErrors> {
+        self.with(ino, |state| state.write_errors.clone())
     }
 
     pub fn opened(&self, ino: u64) {

@@ -12,8 +12,9 @@
 //! (writers wait for room). Invariant: a send waits for every earlier send of the same file
 //! whose range it overlaps, so overlapping writes land in the order they were made.
 //! Invariant: a read, fsync, close or truncate of a file first drains its buffered and
-//! in-flight writes, and a failed background write is reported by the next write, fsync or
-//! close of that file.
+//! in-flight writes. A failed background write is recorded in the file's [`WriteErrors`],
+//! never consumed by whoever drains: every open file description of the file reports it
+//! once, at its next fsync or close (Linux's `errseq_t`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,8 +51,65 @@ struct FileWrites {
     /// Where the file's chunks live (to send its buffer from anywhere).
     layout: Option<FileLayout>,
     in_flight: Vec<InFlight>,
-    /// The first failure of a background write, until reported.
-    error: Option<FsError>,
+    /// Where failed sends are recorded.
+    errors: Arc<WriteErrors>,
+}
+
+/// The write errors of one file, kept the way Linux's `errseq_t` keeps them: a count of
+/// errors and the latest one. Each open file description remembers the count it has seen
+/// and reports a newer error once; nothing else consumes it.
+#[derive(Debug, Default)]
+pub struct WriteErrors {
+    state: Mutex<ErrorState>,
+}
+
+#[derive(Debug, Default)]
+struct ErrorState {
+    count: u64,
+    latest: Option<FsError>,
+    /// Some open file description has reported `latest`.
+    seen: bool,
+}
+
+impl WriteErrors {
+    pub fn record(&self, error: FsError) {
+        let mut state = self.state.lock().expect("write error lock poisoned");
+        state.count += 1;
+        state.latest = Some(error);
+        state.seen = false;
+    }
+
+    /// Where a new open file description starts: past every error someone has reported,
+    /// but before one that nobody has seen yet (it may be the only one left to report it).
+    pub fn sample(&self) -> u64 {
+        let state = self.state.lock().expect("write error lock poisoned");
+        if state.seen || state.count == 0 {
+            state.count
+        } else {
+            state.count - 1
+        }
+    }
+
+    /// The latest error, if one happened after `since`; moves `since` past it.
+    pub fn check(&self, since: &mut u64) -> Option<FsError> {
+        let mut state = self.state.lock().expect("write error lock poisoned");
+        if state.count == *since {
+            return None;
+        }
+        assert!(
+            *since < state.count,
+            "an open file description is ahead of its file's errors"
+        );
+        *since = state.count;
+        state.seen = true;
+        state.latest.clone()
+    }
+
+    /// An error nobody has reported yet.
+    pub fn unseen(&self) -> bool {
+        let state = self.state.lock().expect("write error lock poisoned");
+        state.count > 0 && !state.seen
+    }
 }
 
 pub struct WriteBack {
@@ -82,7 +140,8 @@ impl WriteBack {
     }
 
     /// Buffers `data` at `offset` of file `ino`; sends the buffer in the background when it
-    /// is full or the new write does not continue it.
+    /// is full or the new write does not continue it. A send that fails is recorded in
+    /// `errors`.
     pub async fn write(
         &self,
         data_client: &DataClient,
@@ -90,7 +149,8 @@ impl WriteBack {
         ino: u64,
         offset: u64,
         data: Bytes,
-    ) -> Result<(), ClientError> {
+        errors: &Arc<WriteErrors>,
+    ) {
         let wanted = permits_for(data.len());
         let permit = match self.budget.clone().try_acquire_many_owned(wanted) {
             Ok(permit) => permit,
@@ -109,9 +169,7 @@ impl WriteBack {
             let mut files = self.files.lock().expect("write-back lock poisoned");
             let file = files.entry(ino).or_default();
             reap(file);
-            if let Some(error) = file.error.take() {
-                return Err(ClientError::Fs(error));
-            }
+            file.errors = errors.clone();
             let continues = file.buffer.as_ref().is_some_and(|(start, bytes, _)| {
                 start + bytes.len() as u64 == offset && bytes.len() + data.len() <= FLUSH_BYTES
             });
@@ -133,7 +191,6 @@ impl WriteBack {
         if let Some(buffer) = full {
             self.send(data_client, layout, ino, buffer);
         }
-        Ok(())
     }
 
     fn send_all_buffers(&self, data_client: &DataClient) {
@@ -159,6 +216,7 @@ impl WriteBack {
         let mut files = self.files.lock().expect("write-back lock poisoned");
         let file = files.entry(ino).or_default();
         reap(file);
+        let errors = file.errors.clone();
         let earlier: Vec<_> = file
             .in_flight
             .iter()
@@ -171,7 +229,12 @@ impl WriteBack {
             }
             let result = client.write(&layout, start, bytes.freeze(), false).await;
             drop(permits);
-            result.map_err(|error| FsError::new(error.errno(), error.to_string()))
+            result.map_err(|error| {
+                let error = FsError::new(error.errno(), error.to_string());
+                tracing::warn!(ino = layout.ino, start, end, %error, "a buffered write failed; the file's next fsync or close reports it");
+                errors.record(error.clone());
+                error
+            })
         }
         .boxed()
         .shared();
@@ -189,7 +252,8 @@ impl WriteBack {
             .is_some_and(|f| f.buffer.is_some() || f.in_flight.iter().any(|t| !t.finished()))
     }
 
-    /// Sends what `ino` has buffered and waits for all its writes to land.
+    /// Sends what `ino` has buffered and waits for all its writes to land or fail (failures
+    /// are in the file's [`WriteErrors`], not in the result).
     ///
     /// The sends stay listed while they run, so a write arriving meanwhile still orders
     /// itself after every overlapping one.
@@ -227,30 +291,48 @@ impl WriteBack {
         let mut files = self.files.lock().expect("write-back lock poisoned");
         let Some(file) = files.get_mut(&ino) else { return Ok(()) };
         reap(file);
-        let error = file.error.take();
         if file.buffer.is_none() && file.in_flight.is_empty() {
             files.remove(&ino);
         }
-        match error {
-            Some(error) => Err(ClientError::Fs(error)),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
-/// Forgets finished sends, keeping the first failure among them to report.
+/// Forgets finished sends (their failures are already recorded).
 fn reap(file: &mut FileWrites) {
-    let mut still_running = Vec::with_capacity(file.in_flight.len());
-    for sent in file.in_flight.drain(..) {
-        match sent.done.peek() {
-            None => still_running.push(sent),
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
-                if file.error.is_none() {
-                    file.error = Some(error.clone());
-                }
-            }
-        }
+    file.in_flight.retain(|sent| !sent.finished());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_client::Errno;
+
+    #[test]
+    fn every_open_file_description_reports_each_error_once() {
+        let errors = WriteErrors::default();
+        let mut before = errors.sample();
+        let mut also_before = errors.sample();
+        assert_eq!(errors.check(&mut before), None, "no error yet");
+        errors.record(FsError::new(Errno::EIO, "chain unavailable"));
+        assert!(errors.unseen());
+        let mut opened_while_unseen = errors.sample();
+        assert_eq!(errors.check(&mut before).map(|e| e.errno), Some(Errno::EIO));
+        assert_eq!(errors.check(&mut before), None, "reported once to each");
+        assert!(!errors.unseen());
+        assert_eq!(errors.check(&mut also_before).map(|e| e.errno), Some(Errno::EIO));
+        assert!(
+            errors.check(&mut opened_while_unseen).is_some(),
+            "opened before anyone saw the error: it may be the only one left to report it"
+        );
+        let mut opened_after = errors.sample();
+        assert_eq!(errors.check(&mut opened_after), None, "opened after it was reported");
+        errors.record(FsError::new(Errno::ENOSPC, "disk full"));
+        assert_eq!(errors.check(&mut opened_after).map(|e| e.errno), Some(Errno::ENOSPC));
+        assert_eq!(
+            errors.check(&mut before).map(|e| e.errno),
+            Some(Errno::ENOSPC),
+            "the latest error"
+        );
     }
-    file.in_flight = still_running;
 }

@@ -27,6 +27,10 @@ pub struct ChainInfo {
     pub replicas: u32,
     /// Head first.
     pub targets: Vec<Target>,
+    /// With no serving target: the missing members that hold every acknowledged change.
+    pub waiting_for: Vec<u64>,
+    /// Moves when the chain resumed from a member that may lack unsynced changes.
+    pub loss_epoch: u64,
 }
 
 impl ChainInfo {
@@ -41,6 +45,27 @@ impl ChainInfo {
     /// Targets that serve reads.
     pub fn serving(&self) -> impl Iterator<Item = u64> + '_ {
         self.targets.iter().filter(|t| t.serving).map(|t| t.data_service_id)
+    }
+
+    /// Why nothing can be read from or written to this chain, if nothing can: no member
+    /// serves. Names the members it waits for, so the error tells the operator what to do.
+    pub fn unavailable(&self) -> Option<String> {
+        if self.targets.iter().any(|t| t.serving) {
+            return None;
+        }
+        Some(if self.waiting_for.is_empty() {
+            format!(
+                "chain {} has no serving member and none with every acknowledged change is left; \
+                 an operator can resume it with `shoal chain accept-loss {}`",
+                self.id, self.id
+            )
+        } else {
+            format!(
+                "chain {} has no serving member: it waits for data service {:?}, which holds every \
+                 acknowledged change (start it, or `shoal chain accept-loss {}`)",
+                self.id, self.waiting_for, self.id
+            )
+        })
     }
 }
 
@@ -71,6 +96,8 @@ impl ChainTable {
                                 serving: t.serving,
                             })
                             .collect(),
+                        waiting_for: chain.waiting_for,
+                        loss_epoch: chain.loss_epoch,
                     };
                     (chain.id, info)
                 })

@@ -226,26 +226,43 @@ impl DataClient {
         loop {
             attempts += 1;
             let (table, chain) = self.table_with(chain_id).await?;
-            let last_error = match chain
-                .head()
-                .and_then(|head| table.address(head).map(|a| (head, a.to_string())))
-            {
-                None => format!("chain {chain_id} has no reachable head"),
-                Some((head, address)) => {
-                    let client = self.client(&address)?;
-                    let outcome = tokio::time::timeout(CALL_TIMEOUT, attempt(client, chain.clone())).await;
-                    match outcome {
-                        Err(_) => format!("data service {head} at {address}: no answer within {CALL_TIMEOUT:?}"),
-                        Ok(result) => match classify(result, &format!("data service {head} at {address}")) {
-                            Attempt::Done(value) => return Ok(value),
-                            Attempt::Fail(error) => return Err(error),
-                            Attempt::Retry(message) => message,
-                        },
-                    }
-                }
+            let last_error = match chain.unavailable() {
+                Some(reason) => reason,
+                None => match self.attempt_at_head(&table, &chain, &mut attempt).await? {
+                    Attempt::Done(value) => return Ok(value),
+                    Attempt::Fail(error) => return Err(error),
+                    Attempt::Retry(message) => message,
+                },
             };
             self.give_up_or_wait(what, attempts, started, last_error).await?;
         }
+    }
+
+    /// One attempt of `attempt` at the chain's head.
+    async fn attempt_at_head<T, F, Fut>(
+        &self,
+        table: &ChainTable,
+        chain: &ChainInfo,
+        attempt: &mut F,
+    ) -> Result<Attempt<T>, ClientError>
+    where
+        F: FnMut(DataServiceClient<Channel>, ChainInfo) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let Some((head, address)) = chain
+            .head()
+            .and_then(|head| table.address(head).map(|a| (head, a.to_string())))
+        else {
+            return Ok(Attempt::Retry(format!("chain {} has no reachable head", chain.id)));
+        };
+        let client = self.client(&address)?;
+        let who = format!("data service {head} at {address}");
+        Ok(
+            match tokio::time::timeout(CALL_TIMEOUT, attempt(client, chain.clone())).await {
+                Err(_) => Attempt::Retry(format!("{who}: no answer within {CALL_TIMEOUT:?}")),
+                Ok(result) => classify(result, &who),
+            },
+        )
     }
 
     async fn give_up_or_wait(
@@ -363,7 +380,9 @@ impl DataClient {
             attempts += 1;
             let (table, chain) = self.table_with(chain_id).await?;
             let members: Vec<u64> = chain.serving().collect();
-            let mut last_error = format!("chain {chain_id} has no serving member");
+            let mut last_error = chain
+                .unavailable()
+                .unwrap_or_else(|| format!("chain {chain_id}: no serving member answered"));
             // Spread reads over the members; on failure, try the next one.
             for k in 0..members.len() {
                 let member = members[(piece.index as usize + k) % members.len()];
@@ -397,6 +416,46 @@ impl DataClient {
             }
             self.give_up_or_wait(&what, attempts, started, last_error).await?;
         }
+    }
+
+    /// The loss epochs of the chains holding chunks `indices` of the file, to compare with
+    /// [`DataClient::loss_since`] after the writes about to be made are synced.
+    pub async fn loss_epochs(
+        &self,
+        layout: &FileLayout,
+        indices: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<(u64, u64)>, ClientError> {
+        if !layout.is_placed() {
+            return Ok(Vec::new());
+        }
+        let mut chains: Vec<u64> = indices
+            .take(layout.chain_ids.len())
+            .map(|i| layout.chain_of(i))
+            .collect();
+        chains.sort_unstable();
+        chains.dedup();
+        let mut epochs = Vec::with_capacity(chains.len());
+        for chain_id in chains {
+            let (_, chain) = self.table_with(chain_id).await?;
+            epochs.push((chain_id, chain.loss_epoch));
+        }
+        Ok(epochs)
+    }
+
+    /// Why writes made when the chains had the loss epochs `since` may be gone, if a chain
+    /// has since resumed from a member that may lack unsynced changes (see the registry's
+    /// chain table). Call after the sync that was to make them durable.
+    pub fn loss_since(&self, since: &std::collections::BTreeMap<u64, u64>) -> Option<String> {
+        let table = self.chains.current();
+        since.iter().find_map(|(chain_id, epoch)| {
+            let now = table.chain(*chain_id)?.loss_epoch;
+            (now != *epoch).then(|| {
+                format!(
+                    "chain {chain_id} resumed from a member that may lack unsynced writes (loss epoch {epoch} -> {now}): \
+                     writes made before this sync may be lost"
+                )
+            })
+        })
     }
 
     /// Makes earlier writes to chunks `indices` of the file durable on every member.

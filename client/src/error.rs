@@ -8,7 +8,7 @@ pub enum ClientError {
     Fs(#[from] FsError),
     /// No registry leader completed the call within the deadline.
     #[error(
-        "{operation}: no registry leader answered within {waited_ms} ms ({attempts} attempts); last error: {last_error}. Check that the registry is running and reachable at {addresses}"
+        "{operation}: gave up after {waited_ms} ms ({attempts} attempts); last error: {last_error}. Check that {addresses} are running and reachable"
     )]
     Unavailable {
         operation: String,

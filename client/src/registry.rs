@@ -223,7 +223,7 @@ impl RegistryClient {
                     attempts,
                     waited_ms: waited.as_millis() as u64,
                     last_error,
-                    addresses: self.shared.seeds.join(","),
+                    addresses: format!("the registry nodes at {}", self.shared.seeds.join(",")),
                 });
             }
             if !redirected || attempts.is_multiple_of(4) {
@@ -385,6 +385,13 @@ impl RegistryClient {
         admin,
         pb::ChainSyncDoneRequest,
         pb::ChainTable,
+        mutating = true
+    );
+    rpc!(
+        accept_chain_loss,
+        admin,
+        pb::AcceptChainLossRequest,
+        pb::AcceptChainLossReply,
         mutating = true
     );
     rpc!(

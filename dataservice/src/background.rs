@@ -17,6 +17,9 @@ use crate::store::ChunkId;
 /// Chunks handled per round of the dirty sweep, and per page of a fill.
 const CHUNKS_PER_ROUND: usize = 256;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3);
+/// How often changed chunks are synced in the background (the kernel writes dirty pages
+/// back on a similar schedule).
+const SETTLE_INTERVAL: Duration = Duration::from_secs(5);
 const GARBAGE_INTERVAL: Duration = Duration::from_secs(2);
 const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Files checked with the registry per round of the orphan sweep.
@@ -58,17 +61,20 @@ pub async fn heartbeat_loop(node: Arc<DataNode>, interval: Duration, mut stop: w
     }
 }
 
-/// Fills successors that are syncing, heals dirty chunks, and collects garbage.
+/// Fills successors that are syncing, heals dirty chunks, collects garbage, and syncs
+/// changed chunks.
 pub async fn maintenance_loop(node: Arc<DataNode>, mut stop: watch::Receiver<bool>) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut garbage = tokio::time::interval(GARBAGE_INTERVAL);
     let mut fill = tokio::time::interval(Duration::from_millis(500));
+    let mut settle = tokio::time::interval(SETTLE_INTERVAL);
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = fill.tick() => fill_successors(&node).await,
             _ = sweep.tick() => heal_dirty(&node).await,
             _ = garbage.tick() => collect_garbage(&node).await,
+            _ = settle.tick() => settle_unsynced(&node).await,
         }
     }
 }
@@ -206,21 +212,41 @@ async fn heal_dirty(node: &Arc<DataNode>) {
         };
         let _guard = node.locks.write(&chunk).await;
         match chain.targets.get(position + 1) {
+            // A tail holds the chain's state: nothing to send.
             None => {}
             Some(_) if position != 0 => continue,
             Some(next) => {
                 let Some(address) = table.address(next.data_service_id) else {
                     continue;
                 };
-                if let Err(error) = node.push_copy(&chain, chunk, next.data_service_id, address, true).await {
+                let successor = (next.data_service_id, address.to_string());
+                if let Err(error) = node.heal_if_dirty(&chain, chunk, Some(&successor)).await {
                     tracing::debug!(%chunk, %error, "dirty chunk not healed yet");
-                    continue;
                 }
+                continue;
             }
         }
         if let Err(error) = node.blocking(move |store| store.mark_clean(chunk)).await {
             tracing::warn!(%chunk, %error, "cannot mark chunk clean");
         }
+    }
+}
+
+/// Syncs the files of chunks changed since their last sync, so that few are left for
+/// recovery after a crash, and recovery's records stay small.
+async fn settle_unsynced(node: &Arc<DataNode>) {
+    let chunks = match node.blocking(|store| store.unsynced_chunks(CHUNKS_PER_ROUND)).await {
+        Ok(chunks) => chunks,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list unsynced chunks");
+            return;
+        }
+    };
+    if chunks.is_empty() {
+        return;
+    }
+    if let Err(error) = node.sync_chunks(&chunks).await {
+        tracing::warn!(%error, "cannot sync changed chunks");
     }
 }
 

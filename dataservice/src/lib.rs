@@ -12,6 +12,7 @@ pub mod identity;
 pub mod locks;
 pub mod node;
 pub mod peers;
+pub mod run_state;
 pub mod server;
 pub mod service;
 pub mod stats;

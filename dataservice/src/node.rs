@@ -297,8 +297,11 @@ impl DataNode {
     }
 
     /// Before a new write, a chunk that an earlier, failed write left dirty here is copied
-    /// whole down the chain, so every member starts from the head's bytes.
-    async fn heal_if_dirty(
+    /// whole down the chain, so every member starts from the head's bytes. If this member's
+    /// copy is damaged (a crash tore a block), it first takes the chain's acknowledged state
+    /// from a member downstream: the change that left it dirty was never acknowledged.
+    /// The caller holds the chunk's lock.
+    pub async fn heal_if_dirty(
         &self,
         chain: &ChainInfo,
         chunk: ChunkId,
@@ -312,6 +315,18 @@ impl DataNode {
             return Ok(());
         }
         if let Some((next, address)) = successor {
+            let readable = self.blocking(move |store| store.verify(&chunk)).await;
+            if let Err(error @ StoreError::Corrupt { .. }) = readable {
+                tracing::warn!(%chunk, %error, "a dirty chunk is damaged here; taking the chain's copy from downstream");
+                Stats::add(&self.stats.corruptions_detected, 1);
+                let (copy, version, length, peer) = self.fetch_from_peers(chain, chunk).await?;
+                let chain_id = chain.id;
+                self.blocking(move |store| store.finish_copy(copy, chain_id, version, length, Replace::Always))
+                    .await
+                    .map_err(from_store)?;
+                Stats::add(&self.stats.chunks_repaired, 1);
+                tracing::info!(%chunk, peer, "dirty chunk restored from a chain peer");
+            }
             tracing::info!(%chunk, chain = chain.id, "copying a dirty chunk down the chain before writing it");
             self.push_copy(chain, chunk, *next, address, true).await?;
         }
@@ -404,18 +419,19 @@ impl DataNode {
             )
             .await?;
         let (chain_id, length, remove, dirty) = (chain.id, request.length_bytes, request.remove, successor.is_some());
-        // Durable at once: a client does not fsync a truncate, and a member that forgot
-        // one after a crash would hold bytes the others do not.
+        // Durable at once, dirty mark included: a client does not fsync a truncate, and a
+        // member that forgot one after a crash would hold bytes the others do not.
         self.blocking(move |store| {
             if remove {
-                store.remove(chunk)?;
+                store.remove(chunk, dirty.then_some(chain_id)).map(|_| ())
             } else {
-                store.truncate(chunk, chain_id, length, version, true)?;
-            }
-            if dirty {
-                store.mark_dirty(chunk, chain_id)
-            } else {
-                Ok(())
+                let op = store::TruncateOp {
+                    chain_id,
+                    length_bytes: length,
+                    version,
+                    dirty,
+                };
+                store.truncate(chunk, op)
             }
         })
         .await
@@ -441,9 +457,7 @@ impl DataNode {
             .take(store::MAX_LISTED_CHUNKS)
             .map(|c| chunk_of(Some(*c)))
             .collect::<Result<Vec<_>, _>>()?;
-        self.blocking(move |store| store.sync(&chunks))
-            .await
-            .map_err(from_store)?;
+        self.sync_chunks(&chunks).await.map_err(from_store)?;
         if let Some((next, address)) = self.successor(&chain, position)? {
             let mut call = tonic::Request::new(request);
             call.set_timeout(FORWARD_TIMEOUT);
@@ -454,6 +468,17 @@ impl DataNode {
                 .map_err(|status| downstream(status, next, &address))?;
         }
         Ok(pb::SyncReply {})
+    }
+
+    /// Makes earlier writes to `chunks` durable here: each chunk's file under its lock, then
+    /// the metadata log once.
+    pub async fn sync_chunks(&self, chunks: &[ChunkId]) -> StoreResult<()> {
+        for chunk in chunks {
+            let _guard = self.locks.read(chunk).await;
+            let chunk = *chunk;
+            self.blocking(move |store| store.sync_chunk(&chunk)).await?;
+        }
+        self.blocking(|store| store.sync_wal()).await
     }
 
     /// Sends the whole of `chunk` (or its absence) to data service `target`. The caller holds
@@ -598,7 +623,7 @@ impl DataNode {
                 .map_err(from_store)
                 .map(|_| ())?,
             None => self
-                .blocking(move |store| store.remove(chunk).map(|_| ()))
+                .blocking(move |store| store.remove(chunk, None).map(|_| ()))
                 .await
                 .map_err(from_store)?,
         }
@@ -634,27 +659,38 @@ impl DataNode {
 
     /// Replaces a damaged local chunk with a serving peer's copy. Returns the peer's id.
     async fn repair(&self, chain_id: u64, chunk: ChunkId) -> Result<u64, Status> {
-        let table = self.chains.current();
-        let chain = table
+        let chain = self
+            .chains
+            .current()
             .chain(chain_id)
             .ok_or_else(|| Status::not_found(format!("chain {chain_id} unknown")))?
             .clone();
-        let mut last_error = Status::unavailable(format!("chain {chain_id} has no other serving member"));
+        let (copy, version, length, peer) = self.fetch_from_peers(&chain, chunk).await?;
+        let _guard = self.locks.write(&chunk).await;
+        // A write applied here since the copy was read is newer: keep it.
+        let applied = self
+            .blocking(move |store| store.finish_copy(copy, chain_id, version, length, Replace::IfNotOlder))
+            .await
+            .map_err(from_store)?;
+        if !applied {
+            tracing::info!(%chunk, peer, "chunk rewritten here during its repair; the repair copy is dropped");
+        }
+        Ok(peer)
+    }
+
+    /// A whole copy of `chunk` from the first serving peer that has a readable one:
+    /// (copy, version, length, peer).
+    async fn fetch_from_peers(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+    ) -> Result<(IncomingCopy, u64, u64, u64), Status> {
+        let table = self.chains.current();
+        let mut last_error = Status::unavailable(format!("chain {} has no other serving member", chain.id));
         for peer in chain.serving().filter(|id| *id != self.id) {
             let Some(address) = table.address(peer) else { continue };
-            match self.fetch_copy(&chain, chunk, address).await {
-                Ok((copy, version, length)) => {
-                    let _guard = self.locks.write(&chunk).await;
-                    // A write applied here since the copy was read is newer: keep it.
-                    let applied = self
-                        .blocking(move |store| store.finish_copy(copy, chain_id, version, length, Replace::IfNotOlder))
-                        .await
-                        .map_err(from_store)?;
-                    if !applied {
-                        tracing::info!(%chunk, peer, "chunk rewritten here during its repair; the repair copy is dropped");
-                    }
-                    return Ok(peer);
-                }
+            match self.fetch_copy(chain, chunk, address).await {
+                Ok((copy, version, length)) => return Ok((copy, version, length, peer)),
                 Err(error) => last_error = error,
             }
         }

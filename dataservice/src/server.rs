@@ -35,28 +35,64 @@ pub struct RunningDataService {
     pub id: u64,
     pub local_address: SocketAddr,
     pub node: Arc<DataNode>,
+    disks: Vec<PathBuf>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// Most chunks synced in one round of a clean stop (the loop ends when none is left).
+const STOP_SYNC_ROUND: usize = 4096;
+
 impl RunningDataService {
+    /// Stops serving, syncs every changed chunk, and records a clean stop (so the next
+    /// start, even after a reboot, knows nothing unsynced was lost).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(joined) => joined??,
-            Err(_) => tracing::warn!("data service did not stop within 10 s"),
+            Err(_) => {
+                tracing::warn!("data service did not stop within 10 s; not marking the stop clean");
+                return Ok(());
+            }
         }
+        // Bounded: each round syncs (and forgets) the chunks it lists; writes have stopped.
+        for _round in 0..1000 {
+            let chunks = self
+                .node
+                .blocking(|store| store.unsynced_chunks(STOP_SYNC_ROUND))
+                .await?;
+            if chunks.is_empty() {
+                break;
+            }
+            self.node.sync_chunks(&chunks).await?;
+        }
+        self.node.blocking(|store| store.sync_wal()).await?;
+        let disks = self.disks.clone();
+        tokio::task::spawn_blocking(move || crate::run_state::end_cleanly(&disks)).await??;
         Ok(())
     }
 }
 
 pub async fn start(options: DataServiceOptions) -> anyhow::Result<RunningDataService> {
     let disks = options.disks.clone();
-    let (uuid, store) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (uuid, store, after_power_loss) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let uuid = crate::identity::load_or_create(&disks)?;
-        Ok((uuid, ChunkStore::open(&disks)?))
+        let after_power_loss = crate::run_state::begin(&disks)?;
+        Ok((uuid, ChunkStore::open(&disks)?, after_power_loss))
     })
     .await??;
+    let recovered = store.recovered();
+    if !recovered.is_empty() {
+        tracing::warn!(
+            ?recovered,
+            "the last run did not finish some chunk changes; recovered them"
+        );
+    }
+    if after_power_loss {
+        tracing::warn!(
+            "the last run stopped uncleanly and the machine has booted since: unsynced writes may be lost; rejoining chains as a suspect"
+        );
+    }
     let store = Arc::new(store);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -73,7 +109,7 @@ pub async fn start(options: DataServiceOptions) -> anyhow::Result<RunningDataSer
         None => local_address.to_string(),
     };
     let registry = RegistryClient::new(options.registry.clone())?;
-    let id = register(&registry, &uuid, &advertise, &options.zone, &store).await?;
+    let id = register(&registry, &uuid, &advertise, &options.zone, &store, after_power_loss).await?;
     tracing::info!(id, %uuid, %advertise, "registered with the registry");
     let node = Arc::new(DataNode::new(id, store, registry));
     if let Err(error) = node.chains.refresh().await {
@@ -106,6 +142,7 @@ pub async fn start(options: DataServiceOptions) -> anyhow::Result<RunningDataSer
         id,
         local_address,
         node,
+        disks: options.disks,
         server,
         stop,
     })
@@ -117,6 +154,7 @@ async fn register(
     advertise: &str,
     zone: &str,
     store: &Arc<ChunkStore>,
+    after_power_loss: bool,
 ) -> anyhow::Result<u64> {
     let started = Instant::now();
     loop {
@@ -135,6 +173,7 @@ async fn register(
             address: advertise.to_string(),
             zone: zone.to_string(),
             disks,
+            after_power_loss,
         };
         match registry.register_data_service(request).await {
             Ok(reply) => return Ok(reply.id),

@@ -169,6 +169,18 @@ pub enum Command {
         files: Vec<(u64, u64)>,
         volumes: Vec<u64>,
     },
+    /// `RegisterDataService` from a data service whose machine may have lost power since
+    /// it last ran (its unsynced writes may be gone).
+    RegisterDataServiceAfterPowerLoss {
+        uuid: String,
+        address: String,
+        zone: String,
+        disks: Vec<DiskRecord>,
+    },
+    /// An operator accepts the loss of the changes only a chain's missing members hold.
+    AcceptChainLoss {
+        chain_id: u64,
+    },
 }
 
 impl Command {
@@ -199,6 +211,8 @@ impl Command {
             Command::SetDataServiceState { .. } => "set-data-service-state",
             Command::ChainSyncDone { .. } => "chain-sync-done",
             Command::AckGarbage { .. } => "ack-garbage",
+            Command::RegisterDataServiceAfterPowerLoss { .. } => "register-data-service-after-power-loss",
+            Command::AcceptChainLoss { .. } => "accept-chain-loss",
         }
     }
 }
@@ -260,6 +274,7 @@ pub enum Outcome {
     Volume(VolumeInfo),
     DataService(DataServiceRecord),
     Chain(ChainRecord),
+    LossAccepted(crate::cluster::LossAccepted),
 }
 
 /// What the state machine answers for one log entry. Errors are part of the replicated

@@ -26,15 +26,17 @@ pub trait Record: Serialize + DeserializeOwned {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, CorruptRecord> {
-        let corrupt = |reason: String| CorruptRecord {
-            what: Self::NAME,
-            reason,
-        };
-        match bytes.split_first() {
-            Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string())),
-            Some((version, _)) => Err(corrupt(format!("unknown format version {version}"))),
-            None => Err(corrupt("empty value".into())),
-        }
+        decode_body(bytes, Self::NAME)
+    }
+}
+
+/// Decodes a record of format 1 as `T`; `what` names it in errors.
+fn decode_body<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, CorruptRecord> {
+    let corrupt = |reason: String| CorruptRecord { what, reason };
+    match bytes.split_first() {
+        Some((&FORMAT_V1, body)) => postcard::from_bytes(body).map_err(|e| corrupt(e.to_string())),
+        Some((version, _)) => Err(corrupt(format!("unknown format version {version}"))),
+        None => Err(corrupt("empty value".into())),
     }
 }
 
@@ -181,6 +183,13 @@ pub struct ChainTarget {
     pub serving: bool,
 }
 
+/// A chain member's last chain version as a serving target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedAt {
+    pub data_service_id: u64,
+    pub chain_version: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainRecord {
     pub id: u64,
@@ -190,20 +199,103 @@ pub struct ChainRecord {
     pub replicas: u32,
     /// Head first.
     pub targets: Vec<ChainTarget>,
-    /// Former targets that are down; they rejoin at the tail when they return.
+    /// Former targets that are down; they rejoin when they return.
     pub missing: Vec<u64>,
     /// Some file's layout names this chain. Chains nobody uses yet hold no data, so the
     /// registry may rearrange them freely to keep the table balanced.
     pub used: bool,
+    /// For members (targets and missing) that have served: the last chain version at which
+    /// they did. A member whose entry equals `served_version` holds every change the chain
+    /// ever acknowledged (changes are acknowledged only when every serving member has them).
+    pub served_at: Vec<ServedAt>,
+    /// The last chain version at which any member served.
+    pub served_version: u64,
+    /// Members that came back after a possible power loss and have not served since: they
+    /// hold every synced change, but may lack acknowledged changes that were not synced yet.
+    pub suspect: Vec<u64>,
+    /// Bumped whenever the chain resumed from a member that may lack acknowledged changes
+    /// (a suspect, or one an operator accepted the loss for). A client that wrote before and
+    /// syncs after a bump cannot know its writes survived, so its sync fails.
+    pub loss_epoch: u64,
 }
 
 impl ChainRecord {
     pub fn has_target(&self, data_service_id: u64) -> bool {
         self.targets.iter().any(|t| t.data_service_id == data_service_id)
     }
+
+    /// The last chain version at which `data_service_id` served (0: never).
+    pub fn served_at(&self, data_service_id: u64) -> u64 {
+        self.served_at
+            .iter()
+            .find(|s| s.data_service_id == data_service_id)
+            .map_or(0, |s| s.chain_version)
+    }
+
+    /// True if `data_service_id` holds every change this chain acknowledged (up to the
+    /// unsynced ones, if it is a suspect).
+    pub fn is_current(&self, data_service_id: u64) -> bool {
+        self.served_at(data_service_id) == self.served_version
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.targets.iter().any(|t| t.serving)
+    }
+
+    /// Missing members that hold every acknowledged change: while no target serves, the
+    /// chain waits for one of them.
+    pub fn waiting_for(&self) -> Vec<u64> {
+        if self.is_serving() {
+            return Vec::new();
+        }
+        self.missing.iter().copied().filter(|id| self.is_current(*id)).collect()
+    }
 }
+
+/// `ChainRecord` as written before members' serving versions were recorded.
+#[derive(Deserialize)]
+struct ChainRecordV1 {
+    id: u64,
+    version: u64,
+    replicas: u32,
+    targets: Vec<ChainTarget>,
+    missing: Vec<u64>,
+    used: bool,
+}
+
 impl Record for ChainRecord {
     const NAME: &'static str = "chain";
+
+    /// Records without the appended fields decode too: every serving target is taken to
+    /// have served at the current version (what the old rules assumed).
+    fn decode(bytes: &[u8]) -> Result<Self, CorruptRecord> {
+        let current = decode_body::<ChainRecord>(bytes, Self::NAME);
+        let Err(error) = current else { return current };
+        let Ok(old) = decode_body::<ChainRecordV1>(bytes, Self::NAME) else {
+            return Err(error);
+        };
+        let serving: Vec<ServedAt> = old
+            .targets
+            .iter()
+            .filter(|t| t.serving)
+            .map(|t| ServedAt {
+                data_service_id: t.data_service_id,
+                chain_version: old.version,
+            })
+            .collect();
+        Ok(ChainRecord {
+            served_version: if serving.is_empty() { 0 } else { old.version },
+            served_at: serving,
+            id: old.id,
+            version: old.version,
+            replicas: old.replicas,
+            targets: old.targets,
+            missing: old.missing,
+            used: old.used,
+            suspect: Vec::new(),
+            loss_epoch: 0,
+        })
+    }
 }
 
 /// A file unlinked while a mount had it open: its chunks stay until that mount releases it

@@ -41,17 +41,33 @@ impl State {
     }
 
     fn register(&mut self, uuid: &str, zone: &str) -> u64 {
+        let disks = vec![DiskRecord {
+            path: "/d".into(),
+            capacity_bytes: 100,
+            free_bytes: 50,
+            healthy: true,
+        }];
         let command = Command::RegisterDataService {
             uuid: uuid.into(),
             address: format!("{uuid}:1"),
             zone: zone.into(),
-            disks: vec![DiskRecord {
-                path: "/d".into(),
-                capacity_bytes: 100,
-                free_bytes: 50,
-                healthy: true,
-            }],
+            disks,
         };
+        self.registered(command)
+    }
+
+    /// `uuid` registers again after its machine may have lost power.
+    fn register_after_power_loss(&mut self, uuid: &str) -> u64 {
+        let command = Command::RegisterDataServiceAfterPowerLoss {
+            uuid: uuid.into(),
+            address: format!("{uuid}:1"),
+            zone: String::new(),
+            disks: Vec::new(),
+        };
+        self.registered(command)
+    }
+
+    fn registered(&mut self, command: Command) -> u64 {
         match self.run(command) {
             Ok(Outcome::DataService(record)) => record.id,
             other => panic!("register failed: {other:?}"),
@@ -410,4 +426,211 @@ fn garbage_is_forgotten_once_every_holder_acknowledged() {
             .is_empty(),
         "acknowledged by all, forgotten"
     );
+}
+
+/// The first two-member chain's targets as (id, serving), and the chain itself.
+fn two_copy_chain(state: &State, chain_id: u64) -> (Vec<(u64, bool)>, shoal_registry::records::ChainRecord) {
+    let table = state.table();
+    let chain = table.chains.iter().find(|c| c.id == chain_id).unwrap().clone();
+    let targets = chain.targets.iter().map(|t| (t.data_service_id, t.serving)).collect();
+    (targets, chain)
+}
+
+fn used_two_copy_chain(ids_wanted: usize) -> (State, Vec<u64>, u64) {
+    let mut state = State::new();
+    let ids: Vec<u64> = (0..ids_wanted).map(|i| state.register(&format!("ds{i}"), "")).collect();
+    state.use_all_chains();
+    let chain_id = state.table().chains.iter().find(|c| c.replicas == 2).unwrap().id;
+    (state, ids, chain_id)
+}
+
+/// Chain [A, B]: B dies, A takes writes alone, A dies. B returns first: it missed A's
+/// acknowledged changes, so it must not serve; the chain waits for A and says so. When A
+/// returns it heads the chain, serving, and B is filled from it.
+#[test]
+fn a_member_that_missed_changes_waits_for_the_one_that_has_them() {
+    let (mut state, _, chain_id) = used_two_copy_chain(2);
+    let (targets, _) = two_copy_chain(&state, chain_id);
+    let [a, b] = [targets[0].0, targets[1].0];
+    state.set_state(b, DataServiceState::Down);
+    state.set_state(a, DataServiceState::Down);
+    let (_, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(
+        chain.waiting_for(),
+        vec![a],
+        "the chain waits for the member that served last"
+    );
+    state.set_state(b, DataServiceState::Up);
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(targets, vec![(b, false)], "the stale member rejoins but does not serve");
+    assert_eq!(chain.waiting_for(), vec![a]);
+    state.set_state(a, DataServiceState::Up);
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(
+        targets,
+        vec![(a, true), (b, false)],
+        "the current member heads the chain"
+    );
+    assert!(chain.waiting_for().is_empty());
+    assert_eq!(chain.loss_epoch, 0, "nothing was lost");
+    state
+        .run(Command::ChainSyncDone {
+            chain_id,
+            chain_version: chain.version,
+            data_service_id: b,
+        })
+        .unwrap();
+    let (targets, _) = two_copy_chain(&state, chain_id);
+    assert_eq!(targets, vec![(a, true), (b, true)]);
+}
+
+/// An operator gives up on the missing current member: the chain resumes from the best
+/// member that is up, its loss epoch moves, and the reply says what may be lost.
+#[test]
+fn accepting_the_loss_resumes_from_the_best_member_left() {
+    let (mut state, _, chain_id) = used_two_copy_chain(2);
+    let (targets, _) = two_copy_chain(&state, chain_id);
+    let [a, b] = [targets[0].0, targets[1].0];
+    let refused = state.run(Command::AcceptChainLoss { chain_id }).unwrap_err();
+    assert_eq!(
+        refused.errno,
+        shoal_proto::errno::Errno::EINVAL,
+        "a serving chain has no loss to accept"
+    );
+    state.set_state(b, DataServiceState::Down);
+    let (_, b_left) = two_copy_chain(&state, chain_id);
+    state.set_state(a, DataServiceState::Down);
+    let none_up = state.run(Command::AcceptChainLoss { chain_id }).unwrap_err();
+    assert_eq!(
+        none_up.errno,
+        shoal_proto::errno::Errno::EAGAIN,
+        "nobody is up to resume from"
+    );
+    assert!(none_up.message.contains("start one of"), "{}", none_up.message);
+    state.set_state(b, DataServiceState::Up);
+    let (_, waiting) = two_copy_chain(&state, chain_id);
+    let Ok(Outcome::LossAccepted(accepted)) = state.run(Command::AcceptChainLoss { chain_id }) else {
+        panic!("loss accepted")
+    };
+    assert_eq!(accepted.promoted, b);
+    assert_eq!(
+        accepted.promoted_served_at,
+        b_left.version - 1,
+        "b last served before it left"
+    );
+    assert_eq!(accepted.newest_served_version, waiting.served_version);
+    assert_eq!(accepted.newest_holders, vec![a]);
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(targets, vec![(b, true)]);
+    assert_eq!(chain.loss_epoch, 1);
+    // When a returns it is stale now: it is filled from b.
+    state.set_state(a, DataServiceState::Up);
+    let (targets, _) = two_copy_chain(&state, chain_id);
+    assert_eq!(targets, vec![(b, true), (a, false)]);
+}
+
+/// A data service back from a possible power loss may lack acknowledged but unsynced
+/// writes: where another member serves, it is filled from it; where it served alone, the
+/// chain resumes from it and its loss epoch moves; where it had already missed changes, it
+/// waits for the member that has them like any other stale member.
+#[test]
+fn a_member_back_from_a_power_loss_is_a_suspect() {
+    let (mut state, _, chain_id) = used_two_copy_chain(2);
+    let (targets, before) = two_copy_chain(&state, chain_id);
+    let [a, b] = [targets[0].0, targets[1].0];
+    let uuid = |id: u64| format!("ds{}", id - 1);
+    // With its partner serving: it rejoins behind it, to be filled.
+    state.register_after_power_loss(&uuid(a));
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(targets, vec![(b, true), (a, false)]);
+    assert_eq!(chain.suspect, vec![a]);
+    assert_eq!(chain.loss_epoch, before.loss_epoch);
+    state
+        .run(Command::ChainSyncDone {
+            chain_id,
+            chain_version: chain.version,
+            data_service_id: a,
+        })
+        .unwrap();
+    let (_, chain) = two_copy_chain(&state, chain_id);
+    assert!(chain.suspect.is_empty(), "serving again clears the suspicion");
+
+    // Alone: b fails, then a's machine loses power.
+    state.set_state(b, DataServiceState::Down);
+    state.register_after_power_loss(&uuid(a));
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(targets, vec![(a, true)], "nobody else has its changes: it resumes");
+    assert_eq!(
+        chain.loss_epoch,
+        before.loss_epoch + 1,
+        "clients with unsynced writes must learn it"
+    );
+
+    // Fill b again; then a fails first and b after it (b has every change), and a comes
+    // back after a power loss: it waits for b.
+    state.set_state(b, DataServiceState::Up);
+    let (_, chain) = two_copy_chain(&state, chain_id);
+    state
+        .run(Command::ChainSyncDone {
+            chain_id,
+            chain_version: chain.version,
+            data_service_id: b,
+        })
+        .unwrap();
+    state.set_state(a, DataServiceState::Down);
+    state.set_state(b, DataServiceState::Down);
+    state.register_after_power_loss(&uuid(a));
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(chain.waiting_for(), vec![b]);
+    assert_eq!(
+        targets,
+        vec![(a, false)],
+        "a suspect waits while a current member may return"
+    );
+    state.set_state(b, DataServiceState::Up);
+    let (targets, chain) = two_copy_chain(&state, chain_id);
+    assert_eq!(
+        targets,
+        vec![(b, true), (a, false)],
+        "the member that kept its writes resumes"
+    );
+    assert_eq!(chain.loss_epoch, before.loss_epoch + 1, "and nothing more was lost");
+}
+
+/// Chain records written before serving versions were kept still decode, as if every
+/// serving target had served at the current version.
+#[test]
+fn chain_records_of_the_first_format_still_decode() {
+    use shoal_registry::records::{ChainRecord, ChainTarget, Record};
+    #[derive(serde::Serialize)]
+    struct Old {
+        id: u64,
+        version: u64,
+        replicas: u32,
+        targets: Vec<ChainTarget>,
+        missing: Vec<u64>,
+        used: bool,
+    }
+    let old = Old {
+        id: 7,
+        version: 4,
+        replicas: 2,
+        targets: vec![
+            ChainTarget {
+                data_service_id: 1,
+                serving: true,
+            },
+            ChainTarget {
+                data_service_id: 2,
+                serving: false,
+            },
+        ],
+        missing: vec![3],
+        used: true,
+    };
+    let bytes = postcard::to_extend(&old, vec![1u8]).unwrap();
+    let chain = ChainRecord::decode(&bytes).unwrap();
+    assert_eq!((chain.id, chain.version, chain.missing.clone()), (7, 4, vec![3]));
+    assert!(chain.is_current(1) && !chain.is_current(2) && !chain.is_current(3));
+    assert_eq!(ChainRecord::decode(&chain.encode()).unwrap(), chain);
 }

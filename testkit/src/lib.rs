@@ -4,6 +4,7 @@
 
 mod data;
 mod dump;
+mod fault;
 mod mount;
 mod process;
 mod registry;
@@ -11,6 +12,7 @@ mod wait;
 
 pub use data::{DataServiceProcess, ShoalCluster};
 pub use dump::dump_volume;
+pub use fault::{KillAt, newest_engine_log};
 pub use mount::{FuseMount, MountSpec, MountedCluster, is_fuse_mounted};
 pub use process::Process;
 pub use registry::{RegistryCluster, RegistryNode};

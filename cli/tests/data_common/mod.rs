@@ -16,8 +16,12 @@ use shoal_testkit::ShoalCluster;
 pub const MIB: u64 = 1 << 20;
 pub const BLOCK_BYTES: u64 = 16 * MIB;
 
+/// The `shoal` binary under test: this build's, or `$SHOAL_TEST_BIN` (to run these tests
+/// against another build, say the last release, and see which of them it fails).
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_shoal"))
+    std::env::var_os("SHOAL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_shoal")))
 }
 
 /// Deterministic bytes for position `offset` of test file `seed` (splitmix64 per word).
@@ -34,7 +38,14 @@ pub fn pattern(seed: u64, offset: u64, length: u64) -> Vec<u8> {
 }
 
 pub async fn start(data_services: usize) -> ShoalCluster {
-    ShoalCluster::start(&binary(), 1, data_services, &["--data-service-lease-ms=2000"])
+    start_with_lease(data_services, 2000).await
+}
+
+/// A registry and `data_services` data services, which leave their chains after
+/// `lease_ms` of silence.
+pub async fn start_with_lease(data_services: usize, lease_ms: u64) -> ShoalCluster {
+    let lease = format!("--data-service-lease-ms={lease_ms}");
+    ShoalCluster::start(&binary(), 1, data_services, &[lease.as_str()])
         .await
         .expect("cluster starts")
 }
@@ -209,4 +220,77 @@ pub async fn total_resynced(table: &ChainTable, ids: impl IntoIterator<Item = u6
             .chunks_resynced;
     }
     Ok(total)
+}
+
+/// Every chunk of `chain_id` that data service `id` holds, with its version.
+pub async fn member_chunks(table: &ChainTable, id: u64, chain_id: u64) -> anyhow::Result<Vec<(u64, u64, u64, u64)>> {
+    let mut client = member(table, id);
+    let mut listed = Vec::new();
+    let mut after: Option<data_pb::ChunkId> = None;
+    // Bounded: every page moves the cursor forward, and a test holds few chunks.
+    for _page in 0..1000 {
+        let reply = client
+            .list_chunks(data_pb::ListChunksRequest {
+                chain_id,
+                after_volume_id: after.map_or(0, |c| c.volume_id),
+                after_ino: after.map_or(0, |c| c.ino),
+                after_index: after.map_or(0, |c| c.index),
+                has_after: after.is_some(),
+                max_chunks: 256,
+            })
+            .await?
+            .into_inner();
+        for chunk in &reply.chunks {
+            let id = chunk.chunk.expect("listed chunk has an id");
+            listed.push((id.volume_id, id.ino, id.index, chunk.chunk_version));
+            after = Some(id);
+        }
+        if reply.end || reply.chunks.is_empty() {
+            return Ok(listed);
+        }
+    }
+    anyhow::bail!("data service {id} lists more than 256,000 chunks of chain {chain_id}")
+}
+
+/// None if every member of every chain holds the same chunks at the same versions with
+/// the same bytes; otherwise what differs.
+pub async fn replica_difference(registry: &RegistryClient) -> anyhow::Result<Option<String>> {
+    let table = chain_table(registry).await;
+    for chain in table.chains() {
+        let mut lists = Vec::new();
+        for target in &chain.targets {
+            lists.push((
+                target.data_service_id,
+                member_chunks(&table, target.data_service_id, chain.id).await?,
+            ));
+        }
+        for (id, list) in &lists[1..] {
+            if list != &lists[0].1 {
+                return Ok(Some(format!(
+                    "chain {}: data service {id} holds {list:?}, data service {} holds {:?}",
+                    chain.id, lists[0].0, lists[0].1
+                )));
+            }
+        }
+        for (volume_id, ino, index, _) in &lists[0].1 {
+            let mut first: Option<Bytes> = None;
+            for target in &chain.targets {
+                let reply = member(&table, target.data_service_id)
+                    .read(chunk_read(chain, *volume_id, *ino, *index, 4 * MIB as u32))
+                    .await?
+                    .into_inner();
+                match &first {
+                    None => first = Some(reply.data),
+                    Some(bytes) if *bytes != reply.data => {
+                        return Ok(Some(format!(
+                            "chunk {volume_id}-{ino}-{index}: data service {} holds other bytes",
+                            target.data_service_id
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(None)
 }

@@ -52,7 +52,8 @@ impl FsCore {
         match self.registry().create(request).await {
             Ok(attr) => {
                 let local = self.inodes.remember(&attr);
-                let fh = self.handles.open(attr.ino, sync_flags(flags));
+                let errors = self.inodes.write_errors(attr.ino);
+                let fh = self.handles.open(attr.ino, sync_flags(flags), &errors);
                 self.inodes.opened(attr.ino);
                 reply.created(
                     &self.config.attr_ttl,
@@ -85,7 +86,9 @@ impl FsCore {
                 let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
             }
         }
-        let fh = self.handles.open(ino, sync_flags(flags));
+        let fh = self
+            .handles
+            .open(ino, sync_flags(flags), &self.inodes.write_errors(ino));
         self.inodes.opened(ino);
         reply.opened(FileHandle(fh), self.open_flags(flags, unchanged));
     }
@@ -117,17 +120,21 @@ impl FsCore {
     async fn write_bytes(&self, ino: u64, offset: u64, bytes: Bytes, sync: bool) -> Result<(), ClientError> {
         let layout = self.layout(ino).await?;
         let end = offset + bytes.len() as u64;
+        let chunk = layout.chunk_size_bytes.max(1);
+        let (first, last) = (offset / chunk, (end - 1) / chunk);
+        // Before the bytes leave: a loss after this point must fail the next fsync.
+        let loss_epochs = self.data.loss_epochs(&layout, first..=last).await?;
         self.cache.invalidate(ino);
         if sync {
             self.drain(ino).await?;
             self.data.write(&layout, offset, bytes, true).await?;
         } else {
-            self.writeback.write(&self.data, &layout, ino, offset, bytes).await?;
+            let errors = self.inodes.write_errors(ino);
+            self.writeback
+                .write(&self.data, &layout, ino, offset, bytes, &errors)
+                .await;
         }
-        let chunk = layout.chunk_size_bytes.max(1);
-        let first = offset / chunk;
-        let last = (end - 1) / chunk;
-        if self.inodes.note_write(ino, end, first..=last) {
+        if self.inodes.note_write(ino, end, first..=last, &loss_epochs) {
             self.commit(ino, true).await?;
         }
         Ok(())
@@ -145,7 +152,8 @@ impl FsCore {
         let result = async {
             self.write_bytes(ino, offset, data, sync).await?;
             if sync {
-                self.commit(ino, true).await?;
+                // Like fsync: earlier background failures of this file are reported too.
+                self.commit_for(ino, fh, None).await?;
             }
             Ok::<(), ClientError>(())
         }
@@ -156,16 +164,11 @@ impl FsCore {
         }
     }
 
-    /// close(): the file's writes become durable and its size visible to other clients.
-    pub async fn flush(&self, ino: u64, reply: ReplyEmpty) {
-        match self.commit(ino, true).await {
-            Ok(()) => reply.ok(),
-            Err(error) => reply.error(fail(&error)),
-        }
-    }
-
-    pub async fn fsync(&self, ino: u64, reply: ReplyEmpty) {
-        match self.commit(ino, true).await {
+    /// close() (`closer`: the closing process's lock owner) and fsync() (None): the file's
+    /// writes become durable and its size visible to other clients; a write of the file
+    /// that failed in the background and was not reported to this caller yet fails the call.
+    pub async fn flush(&self, ino: u64, fh: u64, closer: Option<u64>, reply: ReplyEmpty) {
+        match self.commit_for(ino, fh, closer).await {
             Ok(()) => reply.ok(),
             Err(error) => reply.error(fail(&error)),
         }
@@ -221,7 +224,7 @@ impl FsCore {
             }
             if mode & KEEP_SIZE == 0 && end > size {
                 // Space is not reserved ahead; the file just grows (holes read as zeros).
-                self.inodes.note_write(ino, end, std::iter::empty());
+                self.inodes.note_write(ino, end, std::iter::empty(), &[]);
             }
             Ok(())
         }

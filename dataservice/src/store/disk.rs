@@ -5,9 +5,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use shoal_engine::{KvRead, RocksEngine, RocksOptions, ScanControl, WriteBatch};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::meta::{self, ChunkId, ChunkMeta, CrcGroup, SPACE_BY_CHAIN, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, SPACES};
+use shoal_engine::{KvEngine, RocksEngine, RocksOptions, ScanControl, WriteBatch};
+
+use super::meta::{
+    self, ChunkId, ChunkMeta, CrcGroup, SPACE_BY_CHAIN, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, SPACE_INSTALLS,
+    SPACE_UNSYNCED, SPACES, Unsynced,
+};
 use super::{StoreError, StoreResult};
 
 /// Capacity of one disk, as reported to the registry.
@@ -22,8 +27,14 @@ pub struct DiskUsage {
 pub struct Disk {
     root: PathBuf,
     chunk_dir: PathBuf,
-    engine: RocksEngine,
+    engine: Box<dyn KvEngine>,
+    /// Makes the names of received copies unique, so two copies of one chunk never share
+    /// a file.
+    next_incoming: AtomicU64,
 }
+
+/// The file-name suffix of a copy being received.
+pub const INCOMING_SUFFIX: &str = "incoming";
 
 /// Chunk files are spread over 256 subdirectories (`chunks/00` to `chunks/ff`).
 const SUBDIR_MASK: u32 = 0xff;
@@ -54,31 +65,38 @@ impl Disk {
         if created_any {
             File::open(&chunk_dir)?.sync_all()?;
         }
-        // Leftovers of copies interrupted by a crash.
-        for entry in fs::read_dir(&chunk_dir)? {
+        Ok(Disk {
+            root: root.to_path_buf(),
+            chunk_dir,
+            engine: Box::new(engine),
+            next_incoming: AtomicU64::new(0),
+        })
+    }
+
+    /// Files of copies being received when the service stopped (none is in use yet: call
+    /// before serving). Bounded by the chunk directories' contents.
+    pub fn incoming_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.chunk_dir)? {
             let dir = entry?.path();
             if dir.is_dir() {
                 for file in fs::read_dir(&dir)? {
                     let path = file?.path();
-                    if path.extension().is_some_and(|e| e == "incoming") {
-                        fs::remove_file(&path)?;
+                    if path.extension().is_some_and(|e| e == INCOMING_SUFFIX) {
+                        found.push(path);
                     }
                 }
             }
         }
-        Ok(Disk {
-            root: root.to_path_buf(),
-            chunk_dir,
-            engine,
-        })
+        Ok(found)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn engine(&self) -> &RocksEngine {
-        &self.engine
+    pub fn engine(&self) -> &dyn KvEngine {
+        self.engine.as_ref()
     }
 
     fn subdir(&self, chunk: &ChunkId) -> PathBuf {
@@ -91,8 +109,11 @@ impl Disk {
             .join(format!("{}-{}-{}", chunk.volume_id, chunk.ino, chunk.index))
     }
 
+    /// A path no other copy of `chunk` uses, for a copy about to be received.
     pub fn incoming_path(&self, chunk: &ChunkId) -> PathBuf {
-        self.chunk_path(chunk).with_extension("incoming")
+        let sequence = self.next_incoming.fetch_add(1, Ordering::Relaxed);
+        self.chunk_path(chunk)
+            .with_extension(format!("{sequence}.{INCOMING_SUFFIX}"))
     }
 
     /// Opens a chunk file; `create` also makes it (and its directory) if missing. A new
@@ -112,6 +133,17 @@ impl Disk {
             .truncate(false)
             .open(&path)?;
         File::open(self.subdir(chunk))?.sync_all()?;
+        Ok(file)
+    }
+
+    /// Opens the file of a chunk that has no metadata yet, emptied: whatever a file of that
+    /// name holds (a removal interrupted between its metadata and its file) is not the
+    /// chunk's.
+    pub fn create_chunk(&self, chunk: &ChunkId) -> io::Result<File> {
+        let file = self.open_chunk(chunk, true)?;
+        if file.metadata()?.len() > 0 {
+            file.set_len(0)?;
+        }
         Ok(file)
     }
 
@@ -153,12 +185,78 @@ impl Disk {
         batch.put(SPACE_CRCS, meta::crc_key(chunk, group), meta::encode(crcs));
     }
 
+    pub fn unsynced(&self, chunk: &ChunkId) -> StoreResult<Option<Unsynced>> {
+        match self.engine.get(SPACE_UNSYNCED, &chunk.key())? {
+            Some(bytes) => Ok(Some(meta::decode(&bytes, "unsynced record").map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_unsynced(&self, batch: &mut WriteBatch, chunk: &ChunkId, unsynced: &Unsynced) {
+        batch.put(SPACE_UNSYNCED, chunk.key().to_vec(), meta::encode(unsynced));
+    }
+
+    pub fn delete_unsynced(&self, batch: &mut WriteBatch, chunk: &ChunkId) {
+        batch.delete(SPACE_UNSYNCED, chunk.key().to_vec());
+    }
+
+    /// Chunks with an [`Unsynced`] record, at most `max`.
+    pub fn unsynced_chunks(&self, max: usize) -> StoreResult<Vec<ChunkId>> {
+        self.keys_of(SPACE_UNSYNCED, max)
+    }
+
+    /// Records that the copy in `incoming` is about to be renamed over `chunk`'s file.
+    pub fn put_install(&self, batch: &mut WriteBatch, chunk: &ChunkId, incoming: &Path) {
+        let name = incoming
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        batch.put(SPACE_INSTALLS, chunk.key().to_vec(), name.into_bytes());
+    }
+
+    pub fn delete_install(&self, batch: &mut WriteBatch, chunk: &ChunkId) {
+        batch.delete(SPACE_INSTALLS, chunk.key().to_vec());
+    }
+
+    /// Copies whose rename into place may not have happened: (chunk, received file).
+    pub fn installs(&self, max: usize) -> StoreResult<Vec<(ChunkId, PathBuf)>> {
+        let mut found = Vec::new();
+        self.engine.scan(SPACE_INSTALLS, &[], None, &mut |key, value| {
+            if let Some(chunk) = ChunkId::from_key(key) {
+                let name = String::from_utf8_lossy(value).into_owned();
+                found.push((chunk, self.subdir(&chunk).join(name)));
+            }
+            if found.len() >= max {
+                ScanControl::Stop
+            } else {
+                ScanControl::Continue
+            }
+        })?;
+        Ok(found)
+    }
+
+    fn keys_of(&self, space: &str, max: usize) -> StoreResult<Vec<ChunkId>> {
+        let mut chunks = Vec::new();
+        self.engine.scan(space, &[], None, &mut |key, _| {
+            if let Some(chunk) = ChunkId::from_key(key) {
+                chunks.push(chunk);
+            }
+            if chunks.len() >= max {
+                ScanControl::Stop
+            } else {
+                ScanControl::Continue
+            }
+        })?;
+        Ok(chunks)
+    }
+
     pub fn delete_chunk_records(&self, batch: &mut WriteBatch, chunk: &ChunkId, chain_id: u64) {
         batch.delete(SPACE_CHUNKS, chunk.key().to_vec());
         batch.delete_range(SPACE_CRCS, meta::crc_key(chunk, 0), meta::crc_key(chunk, u64::MAX));
         batch.delete(SPACE_CRCS, meta::crc_key(chunk, u64::MAX));
         batch.delete(SPACE_BY_CHAIN, meta::by_chain_key(chain_id, chunk));
         batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+        batch.delete(SPACE_UNSYNCED, chunk.key().to_vec());
     }
 
     pub fn list_chain(&self, chain_id: u64, after: Option<ChunkId>, max: usize) -> StoreResult<Vec<ChunkId>> {

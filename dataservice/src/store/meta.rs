@@ -2,8 +2,11 @@
 //!
 //! Key spaces: `chunks` (chunk id → [`ChunkMeta`]), `crcs` (chunk id + group → [`CrcGroup`],
 //! 256 blocks per group so a 4 KiB write rewrites 1 KiB of checksums, not a whole chunk's),
-//! `by_chain` (chain id + chunk id → nothing: what a chain holds here) and `dirty` (chunk id
-//! → chain id: chunks written here but not yet acknowledged by the chain's tail).
+//! `by_chain` (chain id + chunk id → nothing: what a chain holds here), `dirty` (chunk id
+//! → chain id: chunks written here but not yet acknowledged by the chain's tail),
+//! `unsynced` (chunk id → [`Unsynced`]: what recovery needs about a chunk changed since its
+//! file was last synced) and `installs` (chunk id → the name of a received copy being
+//! renamed into place).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +14,21 @@ pub const SPACE_CHUNKS: &str = "chunks";
 pub const SPACE_CRCS: &str = "crcs";
 pub const SPACE_BY_CHAIN: &str = "by_chain";
 pub const SPACE_DIRTY: &str = "dirty";
-pub const SPACES: &[&str] = &[SPACE_CHUNKS, SPACE_CRCS, SPACE_BY_CHAIN, SPACE_DIRTY];
+pub const SPACE_UNSYNCED: &str = "unsynced";
+pub const SPACE_INSTALLS: &str = "installs";
+pub const SPACES: &[&str] = &[
+    SPACE_CHUNKS,
+    SPACE_CRCS,
+    SPACE_BY_CHAIN,
+    SPACE_DIRTY,
+    SPACE_UNSYNCED,
+    SPACE_INSTALLS,
+];
+
+/// Most blocks of one chunk whose earlier checksums an [`Unsynced`] record keeps, and most
+/// earlier checksums per block: a write that would go past either syncs the chunk first.
+pub const MAX_UNSYNCED_BLOCKS: usize = 1024;
+pub const MAX_EARLIER_CRCS: usize = 8;
 
 /// Blocks whose checksums share one engine record.
 pub const BLOCKS_PER_GROUP: usize = 256;
@@ -99,6 +116,61 @@ impl CrcGroup {
 
     pub fn is_empty(&self) -> bool {
         self.present.iter().all(|bits| *bits == 0)
+    }
+}
+
+/// A chunk changed in place since its file was last synced (fdatasync), kept until it is.
+///
+/// After a crash, each block changed since holds one of the versions written to it (a 4 KiB
+/// block is one page: written whole or not at all), and its metadata may be of any later
+/// batch; recovery tells the versions apart by checksum. This record says which versions
+/// are acceptable beyond the current one.
+///
+/// Invariant: a write that changes a block holding durable bytes it does not overwrite (a
+/// partial block before `durable_length_bytes`) makes this record durable before the bytes
+/// reach the file, so the untouched bytes stay readable whatever the crash keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsynced {
+    /// The chunk's length at its last durable point. A block wholly past it held nothing
+    /// durable: if it matches no checksum, it reads as zeros.
+    pub durable_length_bytes: u64,
+    /// For blocks before `durable_length_bytes` changed since: the checksums they had since
+    /// the durable point, oldest first, not counting the current one. `None`: the block was
+    /// a hole (reads as zeros).
+    pub earlier: std::collections::BTreeMap<u64, Vec<Option<u32>>>,
+}
+
+impl Unsynced {
+    pub fn starting_at(durable_length_bytes: u64) -> Unsynced {
+        Unsynced {
+            durable_length_bytes,
+            earlier: Default::default(),
+        }
+    }
+
+    /// True if block `block` held durable bytes at the durable point.
+    pub fn was_durable(&self, block: u64, block_bytes: u64) -> bool {
+        block * block_bytes < self.durable_length_bytes
+    }
+
+    /// Notes that `block`, whose checksum was `before`, is about to change. Returns false
+    /// (and changes nothing) if the record would exceed its bounds.
+    pub fn note_change(&mut self, block: u64, block_bytes: u64, before: Option<u32>) -> bool {
+        if !self.was_durable(block, block_bytes) {
+            return true;
+        }
+        if !self.earlier.contains_key(&block) && self.earlier.len() >= MAX_UNSYNCED_BLOCKS {
+            return false;
+        }
+        let versions = self.earlier.entry(block).or_default();
+        if versions.contains(&before) {
+            return true;
+        }
+        if versions.len() >= MAX_EARLIER_CRCS {
+            return false;
+        }
+        versions.push(before);
+        true
     }
 }
 

@@ -11,10 +11,12 @@
 mod checksum;
 mod disk;
 mod meta;
+mod recovery;
 
 pub use checksum::{BLOCK_SIZE_BYTES, block_crc, crc, payload_crcs, verify_payload};
 pub use disk::DiskUsage;
 pub use meta::{ChunkId, ChunkMeta};
+pub use recovery::RecoveryReport;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,15 +24,20 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use shoal_engine::{Durability, EngineError, KvEngine, KvRead, ScanControl, WriteBatch};
+use shoal_engine::{Durability, EngineError, ScanControl, WriteBatch};
 
 use disk::Disk;
-use meta::{BLOCKS_PER_GROUP, CrcGroup, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY};
+use meta::{BLOCKS_PER_GROUP, CrcGroup, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, Unsynced};
 
 /// Largest chunk the store accepts.
 pub const MAX_CHUNK_SIZE_BYTES: u64 = 64 << 20;
 /// Most chunks one listing returns.
 pub const MAX_LISTED_CHUNKS: usize = 4096;
+/// Largest single write.
+pub const MAX_WRITE_BYTES: usize = shoal_proto::MAX_DATA_PAYLOAD_BYTES;
+// One write's blocks always fit a fresh unsynced record.
+const _: () = assert!(MAX_WRITE_BYTES / BLOCK_SIZE_BYTES <= meta::MAX_UNSYNCED_BLOCKS);
+const _: () = assert!(MAX_CHUNK_SIZE_BYTES as usize >= MAX_WRITE_BYTES);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,6 +81,26 @@ pub struct WriteOp<'a> {
     pub sync: bool,
 }
 
+/// A cut of a chunk (always durable on return).
+#[derive(Clone, Copy, Debug)]
+pub struct TruncateOp {
+    pub chain_id: u64,
+    pub length_bytes: u64,
+    pub version: u64,
+    /// Cut here but not yet acknowledged by the chain's tail.
+    pub dirty: bool,
+}
+
+/// One block a write changes.
+struct BlockUpdate {
+    block: u64,
+    crc: u32,
+    /// A block the write covers only in part: its whole new content.
+    merged: Option<Vec<u8>>,
+    /// It keeps bytes that were there before (not overwritten, not zeros past the end).
+    keeps_bytes: bool,
+}
+
 /// Bytes read from a chunk, with the chunk's version and length.
 #[derive(Debug)]
 pub struct ReadResult {
@@ -102,6 +129,7 @@ pub struct IncomingCopy {
 
 pub struct ChunkStore {
     disks: Vec<Disk>,
+    recovered: RecoveryReport,
 }
 
 fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -131,6 +159,19 @@ fn read_full_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets (or with `None` clears) block `block`'s checksum in its loaded group.
+fn set_crc(groups: &mut BTreeMap<u64, CrcGroup>, block: u64, crc: Option<u32>) {
+    let per_group = BLOCKS_PER_GROUP as u64;
+    let group = groups
+        .get_mut(&(block / per_group))
+        .expect("the block's checksum group is loaded");
+    let slot = (block % per_group) as usize;
+    match crc {
+        Some(crc) => group.set(slot, crc),
+        None => group.clear(slot),
+    }
+}
+
 fn block_span(offset: u64, length: u64) -> (u64, u64) {
     let block = BLOCK_SIZE_BYTES as u64;
     (offset / block, (offset + length).div_ceil(block))
@@ -144,7 +185,16 @@ impl ChunkStore {
             .iter()
             .map(|p| Disk::open(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(ChunkStore { disks })
+        let mut recovered = RecoveryReport::default();
+        for disk in &disks {
+            recovered.add(&recovery::recover_disk(disk)?);
+        }
+        Ok(ChunkStore { disks, recovered })
+    }
+
+    /// What opening the store had to put right after the last run stopped.
+    pub fn recovered(&self) -> &RecoveryReport {
+        &self.recovered
     }
 
     pub fn disk_roots(&self) -> Vec<PathBuf> {
@@ -203,22 +253,106 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Applies one write, crash-consistently: new metadata and checksums (with what
+    /// recovery needs, see [`Unsynced`]) first, then the bytes; a synced write then makes the
+    /// chunk's file durable.
     pub fn write(&self, chunk: ChunkId, op: WriteOp<'_>) -> StoreResult<()> {
         let end = op.offset + op.data.len() as u64;
-        if end > MAX_CHUNK_SIZE_BYTES {
+        if end > MAX_CHUNK_SIZE_BYTES || op.data.len() > MAX_WRITE_BYTES {
             return Err(StoreError::Invalid {
                 chunk,
-                message: format!("write ends at {end}, past the largest chunk ({MAX_CHUNK_SIZE_BYTES} bytes)"),
+                message: format!(
+                    "write of {} bytes ending at {end}: writes carry at most {MAX_WRITE_BYTES} bytes and end by {MAX_CHUNK_SIZE_BYTES}",
+                    op.data.len()
+                ),
             });
         }
+        assert!(!op.data.is_empty(), "{chunk}: an empty write");
+        assert_eq!(
+            op.payload_crcs.len(),
+            op.data.len().div_ceil(BLOCK_SIZE_BYTES),
+            "{chunk}: one payload checksum per 4 KiB piece"
+        );
         let disk = self.disk(&chunk);
         let path = disk.chunk_path(&chunk);
         let old = disk.meta(&chunk)?;
         let old_length = old.as_ref().map_or(0, |m| m.length_bytes);
-        let block = BLOCK_SIZE_BYTES as u64;
+        let new_length = old_length.max(end);
         let (first_block, end_block) = block_span(op.offset, op.data.len() as u64);
         let mut groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
-        let file = disk.open_chunk(&chunk, true).map_err(io_error("open chunk", &path))?;
+        let file = match old {
+            Some(_) => disk.open_chunk(&chunk, true),
+            None => disk.create_chunk(&chunk),
+        }
+        .map_err(io_error("open chunk", &path))?;
+        let updates = Self::plan_write(&chunk, &path, &file, &op, old_length, &groups)?;
+        let unsynced = self.unsynced_for(disk, &chunk, &file, old_length, &groups, &updates)?;
+        let keeps_durable_bytes = updates
+            .iter()
+            .any(|u| u.keeps_bytes && unsynced.was_durable(u.block, BLOCK_SIZE_BYTES as u64));
+        for update in &updates {
+            set_crc(&mut groups, update.block, Some(update.crc));
+        }
+        let meta = ChunkMeta {
+            chain_id: op.chain_id,
+            version: op.version,
+            length_bytes: new_length,
+        };
+        let mut batch = WriteBatch::new();
+        disk.put_meta(&mut batch, &chunk, &meta);
+        for (group, crcs) in &groups {
+            disk.put_crc_group(&mut batch, &chunk, *group, crcs);
+        }
+        disk.put_unsynced(&mut batch, &chunk, &unsynced);
+        if op.dirty {
+            batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
+        } else {
+            batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+        }
+        // Durable first where a crash could otherwise cost bytes this write does not touch,
+        // or where the write must be durable anyway.
+        let durability = if op.sync || keeps_durable_bytes {
+            Durability::Synced
+        } else {
+            Durability::Buffered
+        };
+        disk.engine().write(batch, durability)?;
+        if let Err(error) = Self::write_blocks(&file, &op, &updates) {
+            // Put the checksums back in line with what reached the file.
+            let recovered = recovery::recover_chunk(disk, &chunk);
+            tracing::warn!(%chunk, ?recovered, "a write failed part-way; its chunk was verified again");
+            return Err(if is_no_space(&error) {
+                StoreError::NoSpace {
+                    chunk,
+                    disk: disk.root().to_path_buf(),
+                }
+            } else {
+                io_error("write chunk", &path)(error)
+            });
+        }
+        if op.sync {
+            file.sync_data().map_err(io_error("sync chunk", &path))?;
+            let mut batch = WriteBatch::new();
+            disk.delete_unsynced(&mut batch, &chunk);
+            disk.engine().write(batch, Durability::Buffered)?;
+        }
+        Ok(())
+    }
+
+    /// The blocks a write changes: new checksums, and for a block it covers only in part,
+    /// the block's whole new content (verified old bytes around the written ones).
+    fn plan_write(
+        chunk: &ChunkId,
+        path: &Path,
+        file: &File,
+        op: &WriteOp<'_>,
+        old_length: u64,
+        groups: &BTreeMap<u64, CrcGroup>,
+    ) -> StoreResult<Vec<BlockUpdate>> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let end = op.offset + op.data.len() as u64;
+        let new_length = old_length.max(end);
+        let (first_block, end_block) = block_span(op.offset, op.data.len() as u64);
         let mut updates = Vec::with_capacity((end_block - first_block) as usize);
         for b in first_block..end_block {
             let block_start = b * block;
@@ -232,60 +366,110 @@ impl ChunkStore {
                 } else {
                     crc(piece)
                 };
-                updates.push((b, crc));
+                updates.push(BlockUpdate {
+                    block: b,
+                    crc,
+                    merged: None,
+                    keeps_bytes: false,
+                });
                 continue;
             }
-            // A partial block: merge with what is there, after checking what is there.
+            // A partial block: merge with what is there, after checking what is there. The
+            // whole block is written, zeros included, so the file holds exactly what its
+            // checksum covers (whatever a torn write once left past the old end).
             let mut merged = vec![0u8; BLOCK_SIZE_BYTES];
             let existing = old_length.saturating_sub(block_start).min(block) as usize;
             if existing > 0 {
-                read_full_at(&file, &mut merged[..existing], block_start).map_err(io_error("read chunk", &path))?;
-                Self::check_block(&chunk, &path, b, &merged[..existing], Self::stored_crc(&groups, b))?;
+                read_full_at(file, &mut merged[..existing], block_start).map_err(io_error("read chunk", path))?;
+                Self::check_block(chunk, path, b, &merged[..existing], Self::stored_crc(groups, b))?;
             }
             let at = (piece_start - block_start) as usize;
             merged[at..at + piece.len()].copy_from_slice(piece);
-            updates.push((b, crc(&merged)));
+            let crc = crc(&merged);
+            merged.truncate((new_length - block_start).min(block) as usize);
+            updates.push(BlockUpdate {
+                block: b,
+                crc,
+                merged: Some(merged),
+                keeps_bytes: existing > 0,
+            });
         }
-        if let Err(error) = file.write_all_at(op.data, op.offset) {
-            if is_no_space(&error) {
-                return Err(StoreError::NoSpace {
-                    chunk,
-                    disk: disk.root().to_path_buf(),
-                });
-            }
-            return Err(io_error("write chunk", &path)(error));
+        assert_eq!(
+            updates.len() as u64,
+            end_block - first_block,
+            "{chunk}: one update per block"
+        );
+        assert!(
+            updates
+                .iter()
+                .skip(1)
+                .take(updates.len().saturating_sub(2))
+                .all(|u| u.merged.is_none()),
+            "{chunk}: only the first and last blocks of a write can be partial"
+        );
+        Ok(updates)
+    }
+
+    /// Writes the planned blocks: merged partial blocks whole, the rest straight from the
+    /// payload.
+    fn write_blocks(file: &File, op: &WriteOp<'_>, updates: &[BlockUpdate]) -> io::Result<()> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let end = op.offset + op.data.len() as u64;
+        let (mut from, mut to) = (op.offset, end);
+        let first = updates.first().expect("a write changes at least one block");
+        if let Some(merged) = &first.merged {
+            file.write_all_at(merged, first.block * block)?;
+            from = end.min((first.block + 1) * block);
         }
-        if op.sync {
-            file.sync_data().map_err(io_error("sync chunk", &path))?;
+        let last = updates.last().expect("a write changes at least one block");
+        if updates.len() > 1
+            && let Some(merged) = &last.merged
+        {
+            file.write_all_at(merged, last.block * block)?;
+            to = last.block * block;
         }
-        let per_group = BLOCKS_PER_GROUP as u64;
-        for (b, crc) in updates {
-            groups
-                .get_mut(&(b / per_group))
-                .expect("groups cover the written blocks")
-                .set((b % per_group) as usize, crc);
+        if from < to {
+            file.write_all_at(&op.data[(from - op.offset) as usize..(to - op.offset) as usize], from)?;
         }
-        let meta = ChunkMeta {
-            chain_id: op.chain_id,
-            version: op.version,
-            length_bytes: old_length.max(end),
+        Ok(())
+    }
+
+    /// The chunk's [`Unsynced`] record with `updates` noted. If it would outgrow its bounds,
+    /// the chunk is made durable first and a fresh record started.
+    fn unsynced_for(
+        &self,
+        disk: &Disk,
+        chunk: &ChunkId,
+        file: &File,
+        old_length: u64,
+        groups: &BTreeMap<u64, CrcGroup>,
+        updates: &[BlockUpdate],
+    ) -> StoreResult<Unsynced> {
+        let note_all = |record: &mut Unsynced| {
+            updates
+                .iter()
+                .all(|u| record.note_change(u.block, BLOCK_SIZE_BYTES as u64, Self::stored_crc(groups, u.block)))
         };
+        let mut record = disk
+            .unsynced(chunk)?
+            .unwrap_or_else(|| Unsynced::starting_at(old_length));
+        if note_all(&mut record) {
+            return Ok(record);
+        }
+        Self::settle(disk, chunk, file)?;
+        let mut record = Unsynced::starting_at(old_length);
+        assert!(note_all(&mut record), "{chunk}: one write always fits a fresh record");
+        Ok(record)
+    }
+
+    /// Makes everything written to `chunk` durable and forgets its [`Unsynced`] record.
+    fn settle(disk: &Disk, chunk: &ChunkId, file: &File) -> StoreResult<()> {
+        let path = disk.chunk_path(chunk);
+        file.sync_data().map_err(io_error("sync chunk", &path))?;
+        disk.engine().sync_wal()?;
         let mut batch = WriteBatch::new();
-        disk.put_meta(&mut batch, &chunk, &meta);
-        for (group, crcs) in &groups {
-            disk.put_crc_group(&mut batch, &chunk, *group, crcs);
-        }
-        if op.dirty {
-            batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
-        } else {
-            batch.delete(SPACE_DIRTY, chunk.key().to_vec());
-        }
-        let durability = if op.sync {
-            Durability::Synced
-        } else {
-            Durability::Buffered
-        };
-        disk.engine().write(batch, durability)?;
+        disk.delete_unsynced(&mut batch, chunk);
+        disk.engine().write(batch, Durability::Buffered)?;
         Ok(())
     }
 
@@ -341,55 +525,38 @@ impl ChunkStore {
         })
     }
 
-    /// Shortens a chunk to `length_bytes` (a chunk that is already shorter keeps its bytes).
-    pub fn truncate(
-        &self,
-        chunk: ChunkId,
-        chain_id: u64,
-        length_bytes: u64,
-        version: u64,
-        sync: bool,
-    ) -> StoreResult<()> {
+    /// Reads the whole chunk, checking every block (an error names the first damaged one).
+    pub fn verify(&self, chunk: &ChunkId) -> StoreResult<()> {
+        match self.meta(chunk)? {
+            Some(meta) => self.read(*chunk, 0, meta.length_bytes).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Shortens a chunk to `op.length_bytes` (a chunk that is already shorter keeps its
+    /// bytes), durably: the new end, checksums and dirty mark are one synced batch (with an
+    /// [`Unsynced`] record, so that recovery finishes a cut the file had not seen), then the
+    /// file is cut and synced.
+    pub fn truncate(&self, chunk: ChunkId, op: TruncateOp) -> StoreResult<()> {
         let disk = self.disk(&chunk);
         let path = disk.chunk_path(&chunk);
+        let mut batch = WriteBatch::new();
+        if op.dirty {
+            batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
+        }
         let Some(mut meta) = disk.meta(&chunk)? else {
+            disk.engine().write(batch, Durability::Synced)?;
             return Ok(());
         };
-        let mut batch = WriteBatch::new();
-        if length_bytes < meta.length_bytes {
-            let block = BLOCK_SIZE_BYTES as u64;
-            let keep_blocks = length_bytes.div_ceil(block);
-            let old_blocks = meta.length_bytes.div_ceil(block);
-            let mut groups = Self::load_groups(disk, &chunk, keep_blocks.saturating_sub(1), old_blocks)?;
+        let mut cut = None;
+        if op.length_bytes < meta.length_bytes {
             let file = disk.open_chunk(&chunk, true).map_err(io_error("open chunk", &path))?;
-            let partial = length_bytes % block;
-            let mut new_tail_crc = None;
-            if partial != 0 {
-                let b = length_bytes / block;
-                let existing = (meta.length_bytes - b * block).min(block) as usize;
-                let mut content = vec![0u8; existing];
-                read_full_at(&file, &mut content, b * block).map_err(io_error("read chunk", &path))?;
-                Self::check_block(&chunk, &path, b, &content, Self::stored_crc(&groups, b))?;
-                if Self::stored_crc(&groups, b).is_some() {
-                    new_tail_crc = Some((b, block_crc(&content[..partial as usize])));
-                }
+            if disk.unsynced(&chunk)?.is_some() {
+                // Earlier unsynced versions of the tail block would not survive the cut as
+                // checksums recovery could match: make them durable first.
+                Self::settle(disk, &chunk, &file)?;
             }
-            file.set_len(length_bytes).map_err(io_error("truncate chunk", &path))?;
-            if sync {
-                file.sync_data().map_err(io_error("sync chunk", &path))?;
-            }
-            let per_group = BLOCKS_PER_GROUP as u64;
-            for b in keep_blocks..old_blocks {
-                if let Some(group) = groups.get_mut(&(b / per_group)) {
-                    group.clear((b % per_group) as usize);
-                }
-            }
-            if let Some((b, crc)) = new_tail_crc {
-                groups
-                    .get_mut(&(b / per_group))
-                    .expect("groups cover the tail block")
-                    .set((b % per_group) as usize, crc);
-            }
+            let groups = self.truncated_groups(disk, &chunk, &file, meta.length_bytes, op.length_bytes)?;
             for (group, crcs) in &groups {
                 if crcs.is_empty() {
                     batch.delete(SPACE_CRCS, meta::crc_key(&chunk, *group));
@@ -397,31 +564,86 @@ impl ChunkStore {
                     disk.put_crc_group(&mut batch, &chunk, *group, crcs);
                 }
             }
-            meta.length_bytes = length_bytes;
+            disk.put_unsynced(&mut batch, &chunk, &Unsynced::starting_at(meta.length_bytes));
+            meta.length_bytes = op.length_bytes;
+            cut = Some(file);
         }
-        meta.chain_id = chain_id;
-        meta.version = meta.version.max(version);
+        meta.chain_id = op.chain_id;
+        meta.version = meta.version.max(op.version);
         disk.put_meta(&mut batch, &chunk, &meta);
-        disk.engine()
-            .write(batch, if sync { Durability::Synced } else { Durability::Buffered })?;
+        disk.engine().write(batch, Durability::Synced)?;
+        if let Some(file) = cut {
+            file.set_len(op.length_bytes)
+                .map_err(io_error("truncate chunk", &path))?;
+            Self::settle(disk, &chunk, &file)?;
+        }
         Ok(())
     }
 
-    /// Deletes a chunk: its file, metadata and checksums.
-    pub fn remove(&self, chunk: ChunkId) -> StoreResult<bool> {
+    /// The checksum groups of a chunk cut from `old_length` to `new_length`: blocks past the
+    /// end cleared, a partial last block checksummed over what stays.
+    fn truncated_groups(
+        &self,
+        disk: &Disk,
+        chunk: &ChunkId,
+        file: &File,
+        old_length: u64,
+        new_length: u64,
+    ) -> StoreResult<BTreeMap<u64, CrcGroup>> {
+        assert!(new_length < old_length, "{chunk}: a cut shortens");
+        let path = disk.chunk_path(chunk);
+        let block = BLOCK_SIZE_BYTES as u64;
+        let keep_blocks = new_length.div_ceil(block);
+        let old_blocks = old_length.div_ceil(block);
+        let mut groups = Self::load_groups(disk, chunk, keep_blocks.saturating_sub(1), old_blocks)?;
+        let partial = new_length % block;
+        let mut new_tail_crc = None;
+        if partial != 0 {
+            let b = new_length / block;
+            let existing = (old_length - b * block).min(block) as usize;
+            let mut content = vec![0u8; existing];
+            read_full_at(file, &mut content, b * block).map_err(io_error("read chunk", &path))?;
+            Self::check_block(chunk, &path, b, &content, Self::stored_crc(&groups, b))?;
+            if Self::stored_crc(&groups, b).is_some() {
+                new_tail_crc = Some((b, block_crc(&content[..partial as usize])));
+            }
+        }
+        for b in keep_blocks..old_blocks {
+            set_crc(&mut groups, b, None);
+        }
+        if let Some((b, crc)) = new_tail_crc {
+            set_crc(&mut groups, b, Some(crc));
+        }
+        Ok(groups)
+    }
+
+    /// Deletes a chunk: its metadata and checksums (durably), then its file. A crash in
+    /// between leaves a file without metadata, which the next write to the chunk empties.
+    /// `dirty_chain`: the removal is not yet acknowledged downstream in that chain; the
+    /// dirty mark is written in the same batch.
+    pub fn remove(&self, chunk: ChunkId, dirty_chain: Option<u64>) -> StoreResult<bool> {
         let disk = self.disk(&chunk);
-        let Some(meta) = disk.meta(&chunk)? else {
+        let meta = disk.meta(&chunk)?;
+        let mut batch = WriteBatch::new();
+        if let Some(meta) = &meta {
+            disk.delete_chunk_records(&mut batch, &chunk, meta.chain_id);
+        }
+        if let Some(chain_id) = dirty_chain {
+            batch.put(SPACE_DIRTY, chunk.key().to_vec(), chain_id.to_be_bytes().to_vec());
+        }
+        if batch.is_empty() {
             return Ok(false);
-        };
+        }
+        disk.engine().write(batch, Durability::Synced)?;
+        if meta.is_none() {
+            return Ok(false);
+        }
         let path = disk.chunk_path(&chunk);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error("remove chunk", &path)(error)),
         }
-        let mut batch = WriteBatch::new();
-        disk.delete_chunk_records(&mut batch, &chunk, meta.chain_id);
-        disk.engine().write(batch, Durability::Synced)?;
         Ok(true)
     }
 
@@ -433,34 +655,48 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The chunk changed here and its chain downstream has not acknowledged it yet.
-    pub fn mark_dirty(&self, chunk: ChunkId, chain_id: u64) -> StoreResult<()> {
-        let mut batch = WriteBatch::new();
-        batch.put(SPACE_DIRTY, chunk.key().to_vec(), chain_id.to_be_bytes().to_vec());
-        self.disk(&chunk).engine().write(batch, Durability::Buffered)?;
-        Ok(())
-    }
-
     /// True if `chunk` was written here and not yet acknowledged downstream.
     pub fn is_dirty(&self, chunk: &ChunkId) -> StoreResult<bool> {
         Ok(self.disk(chunk).engine().get(SPACE_DIRTY, &chunk.key())?.is_some())
     }
 
-    /// Makes earlier writes to `chunks` durable.
-    pub fn sync(&self, chunks: &[ChunkId]) -> StoreResult<()> {
-        for chunk in chunks {
-            let disk = self.disk(chunk);
-            let path = disk.chunk_path(chunk);
-            match disk.open_chunk(chunk, false) {
-                Ok(file) => file.sync_data().map_err(io_error("sync chunk", &path))?,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(io_error("open chunk", &path)(error)),
-            }
+    /// Makes earlier writes to `chunk` reach its file's disk, and forgets what recovery
+    /// would have needed about them. The caller holds the chunk's lock (shared is enough), so
+    /// no write slips in between, and calls [`ChunkStore::sync_wal`] before it reports the
+    /// sync done (the checksums of those writes are in the write-ahead log).
+    pub fn sync_chunk(&self, chunk: &ChunkId) -> StoreResult<()> {
+        let disk = self.disk(chunk);
+        let path = disk.chunk_path(chunk);
+        match disk.open_chunk(chunk, false) {
+            Ok(file) => file.sync_data().map_err(io_error("sync chunk", &path))?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("open chunk", &path)(error)),
         }
+        if disk.unsynced(chunk)?.is_some() {
+            // Durable no sooner than the batches before it in the log.
+            let mut batch = WriteBatch::new();
+            disk.delete_unsynced(&mut batch, chunk);
+            disk.engine().write(batch, Durability::Buffered)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every metadata change so far durable (one fsync of each disk's log).
+    pub fn sync_wal(&self) -> StoreResult<()> {
         for disk in &self.disks {
             disk.engine().sync_wal()?;
         }
         Ok(())
+    }
+
+    /// Chunks changed since their files were last synced, at most `max` (a background
+    /// task syncs them, so that few are left for recovery).
+    pub fn unsynced_chunks(&self, max: usize) -> StoreResult<Vec<ChunkId>> {
+        let mut all = Vec::new();
+        for disk in &self.disks {
+            all.extend(disk.unsynced_chunks(max.saturating_sub(all.len()))?);
+        }
+        Ok(all)
     }
 
     /// Starts receiving a whole copy of `chunk`.
@@ -507,19 +743,17 @@ impl ChunkStore {
         copy.file
             .sync_all()
             .map_err(io_error("sync incoming chunk", &copy.path))?;
-        let target = disk.chunk_path(&chunk);
-        disk.install(&copy.path, &target)
-            .map_err(io_error("install chunk", &target))?;
+        // The new metadata and a note of the rename first: recovery finishes the rename if
+        // the service stops before it.
         let mut batch = WriteBatch::new();
         let old_chain = disk.meta(&chunk)?.map_or(chain_id, |m| m.chain_id);
         disk.delete_chunk_records(&mut batch, &chunk, old_chain);
-        let per_group = BLOCKS_PER_GROUP as u64;
         let mut groups: BTreeMap<u64, CrcGroup> = BTreeMap::new();
         for (b, crc) in std::mem::take(&mut copy.crcs) {
             groups
-                .entry(b / per_group)
+                .entry(b / BLOCKS_PER_GROUP as u64)
                 .or_default()
-                .set((b % per_group) as usize, crc);
+                .set((b % BLOCKS_PER_GROUP as u64) as usize, crc);
         }
         for (group, crcs) in &groups {
             disk.put_crc_group(&mut batch, &chunk, *group, crcs);
@@ -530,7 +764,14 @@ impl ChunkStore {
             length_bytes,
         };
         disk.put_meta(&mut batch, &chunk, &meta);
+        disk.put_install(&mut batch, &chunk, &copy.path);
         disk.engine().write(batch, Durability::Synced)?;
+        let target = disk.chunk_path(&chunk);
+        disk.install(&copy.path, &target)
+            .map_err(io_error("install chunk", &target))?;
+        let mut batch = WriteBatch::new();
+        disk.delete_install(&mut batch, &chunk);
+        disk.engine().write(batch, Durability::Buffered)?;
         Ok(true)
     }
 
@@ -580,7 +821,7 @@ impl ChunkStore {
                     break;
                 }
                 for chunk in batch_of {
-                    if self.remove(chunk)? {
+                    if self.remove(chunk, None)? {
                         removed += 1;
                     }
                 }

@@ -9,8 +9,11 @@
 //!   filled with the services in the fewest chains, preferring distinct zones.
 //! - A target that goes down leaves its chains (version bump) and is remembered as missing;
 //!   writes continue on the others. When it comes back it rejoins at the tail, not serving
-//!   reads until its predecessor has filled it (`ChainSyncDone`); if no member is left to
-//!   fill it, its copy is the newest there is and it serves at once.
+//!   reads until its predecessor has filled it (`ChainSyncDone`).
+//! - Every chain records the last version at which each member served. With no serving
+//!   member left, the chain resumes only from one that served last (it holds every
+//!   acknowledged change); a member that missed changes waits, however early it returns.
+//!   An operator can accept the loss (`accept_loss`) when the current members are gone.
 //! - A removed target is replaced by another service, which joins at the tail to be filled.
 //!   A draining target stays until its replacement serves, then leaves.
 //!
@@ -26,7 +29,9 @@ use super::{counters, store_counters};
 use crate::keys::{self, SPACE_CLUSTER};
 use crate::limits::MAX_REPLICAS;
 use crate::namespace::{NsError, NsResult};
-use crate::records::{ChainRecord, ChainSet, ChainTarget, DataServiceRecord, DataServiceState, Layout, VolumeRecord};
+use crate::records::{
+    ChainRecord, ChainSet, ChainTarget, DataServiceRecord, DataServiceState, Layout, ServedAt, VolumeRecord,
+};
 use crate::txn::Txn;
 
 /// Most chains the table holds.
@@ -90,78 +95,25 @@ fn store_chain(txn: &mut Txn<'_>, chain: &ChainRecord) {
 
 /// Brings every chain in line with the data services' states, and creates chains where the
 /// table is short of them. Called after every registration and state change.
-pub(super) fn reconcile(txn: &mut Txn<'_>, services: &[DataServiceRecord]) -> NsResult<()> {
+/// `restarted_after_loss` names a data service that registered again after a possible
+/// power loss: it leaves its chains and rejoins them at once, as a suspect.
+pub(super) fn reconcile(
+    txn: &mut Txn<'_>,
+    services: &[DataServiceRecord],
+    restarted_after_loss: Option<u64>,
+) -> NsResult<()> {
     let state: BTreeMap<u64, DataServiceState> = services.iter().map(|s| (s.id, s.state)).collect();
-    let is = |id: u64, wanted: DataServiceState| state.get(&id) == Some(&wanted);
     let mut chains = load_chains(txn.base())?;
     let mut changed_any = false;
     for index in 0..chains.len() {
         let mut chain = chains[index].clone();
         let before = chain.clone();
-        // Down targets leave and are remembered; removed ones leave for good.
-        let mut kept = Vec::with_capacity(chain.targets.len());
-        for target in chain.targets.drain(..) {
-            let id = target.data_service_id;
-            if is(id, DataServiceState::Down) {
-                if !chain.missing.contains(&id) {
-                    chain.missing.push(id);
-                }
-            } else if !is(id, DataServiceState::Removed) {
-                kept.push(target);
-            }
-        }
-        chain.targets = kept;
-        chain.missing.retain(|id| !is(*id, DataServiceState::Removed));
-        // Returning targets rejoin at the tail, to be filled before they serve.
-        let returning: Vec<u64> = chain
-            .missing
-            .iter()
-            .copied()
-            .filter(|id| is(*id, DataServiceState::Up) || is(*id, DataServiceState::Draining))
-            .collect();
-        for id in returning {
-            chain.missing.retain(|m| *m != id);
-            // With no serving member left, nobody could fill it: its copy is the newest
-            // there is (a chain without a serving head takes no writes), so it serves at
-            // once, at the head, and fills the others.
-            // Invariant: the serving members of a chain come first.
-            let alone = chain.targets.iter().all(|t| !t.serving);
-            let target = ChainTarget {
-                data_service_id: id,
-                serving: alone,
-            };
-            if alone {
-                chain.targets.insert(0, target);
-            } else {
-                chain.targets.push(target);
-            }
-        }
-        // Replace removed and draining targets with up services not yet in the chain.
-        let staying = chain
-            .targets
-            .iter()
-            .filter(|t| !is(t.data_service_id, DataServiceState::Draining))
-            .count()
-            + chain.missing.len();
-        let mut shortfall = (chain.replicas as usize).saturating_sub(staying);
-        while shortfall > 0 {
-            let taken: BTreeSet<u64> = chain
-                .targets
-                .iter()
-                .map(|t| t.data_service_id)
-                .chain(chain.missing.iter().copied())
-                .collect();
-            let Some(replacement) = least_loaded(&chains, services, chain.replicas, &taken, &[]) else {
-                break;
-            };
-            chain.targets.push(ChainTarget {
-                data_service_id: replacement,
-                serving: false,
-            });
-            shortfall -= 1;
-        }
+        leave(&mut chain, &state, restarted_after_loss);
+        rejoin(&mut chain, &state);
+        resume(&mut chain, &state);
+        replace_missing_copies(&mut chain, &chains, services, &state);
         if chain != before {
-            chain.version += 1;
+            bump_version(&mut chain);
             store_chain(txn, &chain);
             chains[index] = chain;
             changed_any = true;
@@ -193,6 +145,164 @@ pub(super) fn reconcile(txn: &mut Txn<'_>, services: &[DataServiceRecord]) -> Ns
     }
     store_counters(txn, &counters);
     Ok(())
+}
+
+type States = BTreeMap<u64, DataServiceState>;
+
+fn is(state: &States, id: u64, wanted: DataServiceState) -> bool {
+    state.get(&id) == Some(&wanted)
+}
+
+fn is_available(state: &States, id: u64) -> bool {
+    is(state, id, DataServiceState::Up) || is(state, id, DataServiceState::Draining)
+}
+
+/// Down targets (and one that restarted after a possible power loss) leave and are
+/// remembered as missing; removed ones leave for good.
+fn leave(chain: &mut ChainRecord, state: &States, restarted_after_loss: Option<u64>) {
+    let mut kept = Vec::with_capacity(chain.targets.len());
+    for target in std::mem::take(&mut chain.targets) {
+        let id = target.data_service_id;
+        let restarted = restarted_after_loss == Some(id);
+        if is(state, id, DataServiceState::Down) || restarted {
+            if !chain.missing.contains(&id) {
+                chain.missing.push(id);
+            }
+        } else if !is(state, id, DataServiceState::Removed) {
+            kept.push(target);
+        }
+    }
+    chain.targets = kept;
+    chain.missing.retain(|id| !is(state, *id, DataServiceState::Removed));
+    if let Some(id) = restarted_after_loss
+        && chain.missing.contains(&id)
+        && !chain.suspect.contains(&id)
+    {
+        chain.suspect.push(id);
+    }
+}
+
+/// Returning members rejoin at the tail, not serving: a predecessor fills them first, or,
+/// if none serves, [`resume`] decides who may.
+fn rejoin(chain: &mut ChainRecord, state: &States) {
+    let returning: Vec<u64> = chain
+        .missing
+        .iter()
+        .copied()
+        .filter(|id| is_available(state, *id))
+        .collect();
+    for id in returning {
+        chain.missing.retain(|m| *m != id);
+        chain.targets.push(ChainTarget {
+            data_service_id: id,
+            serving: false,
+        });
+    }
+}
+
+/// A chain with no serving member resumes only from a member that holds every acknowledged
+/// change (`is_current`), which then heads it and fills the others; otherwise it waits.
+/// Resuming from a suspect (back from a possible power loss) bumps the loss epoch: it can
+/// be current only if it served last, so nobody has the unsynced changes it may have lost.
+///
+/// Invariant: a member that missed acknowledged changes never serves while a member that
+/// has them may still return; only an operator's `accept-loss` overrides this.
+fn resume(chain: &mut ChainRecord, state: &States) {
+    if chain.is_serving() {
+        return;
+    }
+    let candidate = chain
+        .targets
+        .iter()
+        .map(|t| t.data_service_id)
+        .filter(|id| chain.is_current(*id) && is_available(state, *id))
+        .min_by_key(|id| (chain.suspect.contains(id), *id));
+    let Some(candidate) = candidate else { return };
+    if chain.suspect.contains(&candidate) {
+        chain.loss_epoch += 1;
+    }
+    promote(chain, candidate);
+}
+
+/// Moves target `id` to the head, serving.
+fn promote(chain: &mut ChainRecord, id: u64) {
+    chain.targets.retain(|t| t.data_service_id != id);
+    chain.targets.insert(
+        0,
+        ChainTarget {
+            data_service_id: id,
+            serving: true,
+        },
+    );
+}
+
+/// Replaces removed and draining targets with up services not yet in the chain.
+fn replace_missing_copies(
+    chain: &mut ChainRecord,
+    chains: &[ChainRecord],
+    services: &[DataServiceRecord],
+    state: &States,
+) {
+    let staying = chain
+        .targets
+        .iter()
+        .filter(|t| !is(state, t.data_service_id, DataServiceState::Draining))
+        .count()
+        + chain.missing.len();
+    let mut shortfall = (chain.replicas as usize).saturating_sub(staying);
+    while shortfall > 0 {
+        let taken: BTreeSet<u64> = chain
+            .targets
+            .iter()
+            .map(|t| t.data_service_id)
+            .chain(chain.missing.iter().copied())
+            .collect();
+        let Some(replacement) = least_loaded(chains, services, chain.replicas, &taken, &[]) else {
+            break;
+        };
+        chain.targets.push(ChainTarget {
+            data_service_id: replacement,
+            serving: false,
+        });
+        shortfall -= 1;
+    }
+}
+
+/// A new version of a changed chain: its serving targets served at it.
+///
+/// Invariant: serving targets come first, and each has served at the chain's version.
+fn bump_version(chain: &mut ChainRecord) {
+    assert!(
+        chain.targets.windows(2).all(|pair| pair[0].serving || !pair[1].serving),
+        "chain {}: a serving target after one being filled: {:?}",
+        chain.id,
+        chain.targets
+    );
+    chain.version += 1;
+    let serving: Vec<u64> = chain
+        .targets
+        .iter()
+        .filter(|t| t.serving)
+        .map(|t| t.data_service_id)
+        .collect();
+    if !serving.is_empty() {
+        chain.served_version = chain.version;
+        chain.served_at.retain(|s| !serving.contains(&s.data_service_id));
+        chain.served_at.extend(serving.iter().map(|&id| ServedAt {
+            data_service_id: id,
+            chain_version: chain.version,
+        }));
+        chain.suspect.retain(|id| !serving.contains(id));
+    }
+    let members: BTreeSet<u64> = chain
+        .targets
+        .iter()
+        .map(|t| t.data_service_id)
+        .chain(chain.missing.iter().copied())
+        .collect();
+    chain.served_at.retain(|s| members.contains(&s.data_service_id));
+    chain.suspect.retain(|id| members.contains(id));
+    assert!(serving.iter().all(|id| chain.is_current(*id)));
 }
 
 /// Re-chooses the targets of chains that no file uses yet (they hold no data), as if they
@@ -232,7 +342,7 @@ fn rebalance_unused(
         let mut chain = original.clone();
         if chain.targets != placed.targets {
             chain.targets = placed.targets;
-            chain.version += 1;
+            bump_version(&mut chain);
             store_chain(txn, &chain);
             changed = true;
         }
@@ -312,9 +422,19 @@ fn new_chain(
         id,
         version: 1,
         replicas,
+        served_at: targets
+            .iter()
+            .map(|t| ServedAt {
+                data_service_id: t.data_service_id,
+                chain_version: 1,
+            })
+            .collect(),
+        served_version: 1,
         targets,
         missing: Vec::new(),
         used: false,
+        suspect: Vec::new(),
+        loss_epoch: 0,
     })
 }
 
@@ -366,10 +486,83 @@ pub(super) fn sync_done(
     if serving_non_draining >= chain.replicas as usize {
         chain.targets.retain(|t| !draining(t.data_service_id));
     }
-    chain.version += 1;
+    bump_version(&mut chain);
     store_chain(txn, &chain);
     let mut counters = counters(txn)?;
     counters.chain_table_version += 1;
     store_counters(txn, &counters);
     Ok(chain)
+}
+
+/// What an operator's `accept-loss` did to a chain.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LossAccepted {
+    pub chain: ChainRecord,
+    /// The member that now heads the chain, serving.
+    pub promoted: u64,
+    /// The last chain version at which it had served (0: never; it held no complete copy).
+    pub promoted_served_at: u64,
+    /// The last chain version at which any member had served: changes acknowledged after
+    /// `promoted_served_at` and up to this version may be lost.
+    pub newest_served_version: u64,
+    /// Members that held those changes and are not coming back in time.
+    pub newest_holders: Vec<u64>,
+}
+
+/// An operator accepts that chain `chain_id`, which waits for members that are gone, resumes
+/// from the best member still up: the one that served last (one that did not lose power
+/// first). Changes only the missing members held are lost; the chain's loss epoch moves so
+/// that clients with unsynced writes learn it at their next sync.
+pub(super) fn accept_loss(txn: &mut Txn<'_>, services: &[DataServiceRecord], chain_id: u64) -> NsResult<LossAccepted> {
+    let state: States = services.iter().map(|s| (s.id, s.state)).collect();
+    let mut chain: ChainRecord = txn
+        .get_record(SPACE_CLUSTER, &keys::chain(chain_id))?
+        .ok_or_else(|| NsError::fs(Errno::ENOENT, format!("chain {chain_id} does not exist")))?;
+    if chain.is_serving() {
+        return Err(NsError::fs(
+            Errno::EINVAL,
+            format!("chain {chain_id} has a serving member; there is no loss to accept"),
+        ));
+    }
+    let candidate = chain
+        .targets
+        .iter()
+        .map(|t| t.data_service_id)
+        .filter(|id| is_available(&state, *id))
+        .max_by_key(|id| {
+            (
+                chain.served_at(*id),
+                !chain.suspect.contains(id),
+                std::cmp::Reverse(*id),
+            )
+        });
+    let Some(promoted) = candidate else {
+        return Err(NsError::fs(
+            Errno::EAGAIN,
+            format!(
+                "no member of chain {chain_id} is up to resume from; start one of data services {:?} first",
+                chain.missing
+            ),
+        ));
+    };
+    let accepted = LossAccepted {
+        promoted,
+        promoted_served_at: chain.served_at(promoted),
+        newest_served_version: chain.served_version,
+        newest_holders: chain
+            .missing
+            .iter()
+            .copied()
+            .filter(|id| chain.is_current(*id))
+            .collect(),
+        chain: chain.clone(),
+    };
+    chain.loss_epoch += 1;
+    promote(&mut chain, promoted);
+    bump_version(&mut chain);
+    store_chain(txn, &chain);
+    let mut counters = counters(txn)?;
+    counters.chain_table_version += 1;
+    store_counters(txn, &counters);
+    Ok(LossAccepted { chain, ..accepted })
 }

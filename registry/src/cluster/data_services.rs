@@ -43,14 +43,25 @@ fn load(txn: &Txn<'_>, id: u64) -> NsResult<DataServiceRecord> {
         .ok_or_else(|| NsError::fs(Errno::ENOENT, format!("data service {id} is not registered")))
 }
 
-pub(super) fn register(
-    txn: &mut Txn<'_>,
-    now_ns: i64,
-    uuid: &str,
-    address: &str,
-    zone: &str,
-    disks: &[DiskRecord],
-) -> NsResult<DataServiceRecord> {
+/// A data service announcing itself at start.
+pub(super) struct Registration<'a> {
+    pub uuid: &'a str,
+    pub address: &'a str,
+    pub zone: &'a str,
+    pub disks: &'a [DiskRecord],
+    /// Its machine may have lost power since it last ran: writes it had not synced may be
+    /// gone, so it rejoins its chains as a suspect (see `chains::reconcile`).
+    pub after_power_loss: bool,
+}
+
+pub(super) fn register(txn: &mut Txn<'_>, now_ns: i64, registration: &Registration<'_>) -> NsResult<DataServiceRecord> {
+    let Registration {
+        uuid,
+        address,
+        zone,
+        disks,
+        after_power_loss,
+    } = *registration;
     validate_label("data service uuid", uuid, false)?;
     validate_label("data service address", address, false)?;
     validate_label("zone", zone, true)?;
@@ -71,7 +82,8 @@ pub(super) fn register(
             record.state = DataServiceState::Up;
         }
         txn.put_record(SPACE_CLUSTER, keys::data_service(id), &record);
-        reconcile_chains(txn, &record)?;
+        let services = services_after(txn, Some(&record))?;
+        super::chains::reconcile(txn, &services, after_power_loss.then_some(id))?;
         return Ok(record);
     }
     if count(txn.base())? >= MAX_DATA_SERVICES {
@@ -114,7 +126,7 @@ pub(super) fn services_after(txn: &Txn<'_>, changed: Option<&DataServiceRecord>)
 
 fn reconcile_chains(txn: &mut Txn<'_>, changed: &DataServiceRecord) -> NsResult<()> {
     let services = services_after(txn, Some(changed))?;
-    super::chains::reconcile(txn, &services)
+    super::chains::reconcile(txn, &services, None)
 }
 
 pub(super) fn update_disks(txn: &mut Txn<'_>, id: u64, disks: &[DiskRecord]) -> NsResult<DataServiceRecord> {

@@ -7,7 +7,7 @@ mod data_services;
 mod garbage;
 mod volumes;
 
-pub use chains::{ChainTable, chain_table, select_layout};
+pub use chains::{ChainTable, LossAccepted, chain_table, select_layout};
 pub use data_services::{cluster_free_bytes, data_service, list_data_services};
 pub use garbage::{GarbageList, list_garbage};
 pub use volumes::{list_volumes, volume_by_name, volume_info};
@@ -34,7 +34,13 @@ pub fn apply(txn: &mut Txn<'_>, now_ns: i64, command: &Command) -> NsResult<Outc
             address,
             zone,
             disks,
-        } => data_services::register(txn, now_ns, uuid, address, zone, disks).map(Outcome::DataService),
+        } => register(txn, now_ns, uuid, address, zone, disks, false),
+        Command::RegisterDataServiceAfterPowerLoss {
+            uuid,
+            address,
+            zone,
+            disks,
+        } => register(txn, now_ns, uuid, address, zone, disks, true),
         Command::UpdateDataServiceDisks { id, disks } => {
             data_services::update_disks(txn, *id, disks).map(Outcome::DataService)
         }
@@ -54,7 +60,30 @@ pub fn apply(txn: &mut Txn<'_>, now_ns: i64, command: &Command) -> NsResult<Outc
             files,
             volumes,
         } => garbage::ack(txn, *data_service_id, files, volumes).map(|()| Outcome::Done),
+        Command::AcceptChainLoss { chain_id } => {
+            let services = data_services::services_after(txn, None)?;
+            chains::accept_loss(txn, &services, *chain_id).map(Outcome::LossAccepted)
+        }
     }
+}
+
+fn register(
+    txn: &mut Txn<'_>,
+    now_ns: i64,
+    uuid: &str,
+    address: &str,
+    zone: &str,
+    disks: &[crate::records::DiskRecord],
+    after_power_loss: bool,
+) -> NsResult<Outcome> {
+    let registration = data_services::Registration {
+        uuid,
+        address,
+        zone,
+        disks,
+        after_power_loss,
+    };
+    data_services::register(txn, now_ns, &registration).map(Outcome::DataService)
 }
 
 /// Counters shared by the cluster records.

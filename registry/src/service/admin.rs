@@ -141,11 +141,23 @@ impl Admin for AdminService {
         request: Request<pb::RegisterDataServiceRequest>,
     ) -> Result<Response<pb::RegisterDataServiceReply>, Status> {
         let r = request.get_ref();
-        let command = Command::RegisterDataService {
-            uuid: r.uuid.clone(),
-            address: r.address.clone(),
-            zone: r.zone.clone(),
-            disks: r.disks.iter().map(disk_from_wire).collect(),
+        let (uuid, address, zone) = (r.uuid.clone(), r.address.clone(), r.zone.clone());
+        let disks = r.disks.iter().map(disk_from_wire).collect();
+        let command = if r.after_power_loss {
+            tracing::warn!(%uuid, %address, "data service restarted after a possible power loss; it rejoins its chains as a suspect");
+            Command::RegisterDataServiceAfterPowerLoss {
+                uuid,
+                address,
+                zone,
+                disks,
+            }
+        } else {
+            Command::RegisterDataService {
+                uuid,
+                address,
+                zone,
+                disks,
+            }
         };
         let record = self.data_service_command(&request, command).await?;
         self.core.liveness.record(record.id);
@@ -218,6 +230,36 @@ impl Admin for AdminService {
         };
         self.core.propose(command, request_id(&request)?).await?;
         Ok(Response::new(chain_table_wire(self.core.state.engine().as_ref())?))
+    }
+
+    async fn accept_chain_loss(
+        &self,
+        request: Request<pb::AcceptChainLossRequest>,
+    ) -> Result<Response<pb::AcceptChainLossReply>, Status> {
+        let chain_id = request.get_ref().chain_id;
+        let outcome = self
+            .core
+            .propose(Command::AcceptChainLoss { chain_id }, request_id(&request)?)
+            .await?;
+        let Outcome::LossAccepted(accepted) = outcome else {
+            return Err(Status::internal(format!("unexpected result {outcome:?}")));
+        };
+        tracing::warn!(
+            chain = chain_id,
+            resumed_from = accepted.promoted,
+            served_at = accepted.promoted_served_at,
+            newest_served_version = accepted.newest_served_version,
+            lost_holders = ?accepted.newest_holders,
+            "operator accepted data loss: the chain resumed from a member that may lack changes acknowledged \
+             after the version it last served at"
+        );
+        Ok(Response::new(pb::AcceptChainLossReply {
+            chain: Some(chain_to_wire(&accepted.chain)),
+            promoted_data_service_id: accepted.promoted,
+            promoted_served_at_version: accepted.promoted_served_at,
+            newest_served_version: accepted.newest_served_version,
+            newest_holders: accepted.newest_holders,
+        }))
     }
 
     async fn list_garbage(

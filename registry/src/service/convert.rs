@@ -145,5 +145,8 @@ pub fn chain_to_wire(chain: &ChainRecord) -> pb::Chain {
             .collect(),
         replicas: chain.replicas,
         missing: chain.missing.clone(),
+        waiting_for: chain.waiting_for(),
+        loss_epoch: chain.loss_epoch,
+        suspect: chain.suspect.clone(),
     }
 }
