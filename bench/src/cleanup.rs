@@ -165,3 +165,12 @@ pub fn on_interrupt() {
         std::process::exit(130);
     });
 }
+
+/// Removes everything the run made when dropped (normal end, error or panic).
+pub struct Guard;
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        run();
+    }
+}

@@ -3,6 +3,7 @@
 
 mod cleanup;
 mod data;
+mod faults;
 mod fio;
 mod fuse;
 mod meta;
@@ -37,10 +38,21 @@ enum Command {
     /// The yardstick fio job set on Shoal and on MooseFS, GlusterFS and JuiceFS (started by
     /// `bench/peers/*.sh`) in one run, with Shoal's ratio to the best peer per job.
     Peers(peers::PeersArgs),
+    /// Jepsen-style fault injection: SIGKILLs, pauses and restarts of data services,
+    /// registry nodes and mounts, and network partitions, while writers keep a model of
+    /// every acknowledged byte; then every byte is read back. Needs root.
+    Faults(faults::FaultArgs),
+    /// One writer process of `faults` (started by it).
+    #[command(hide = true)]
+    FaultsWriter(faults::WriterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::FaultsWriter(args) = cli.command {
+        // Plain threads: a writer must never start another process (see faults::writers).
+        return faults::run_writer(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
@@ -49,6 +61,8 @@ fn main() -> anyhow::Result<()> {
             Command::Fuse(args) => fuse::run(args).await,
             Command::ScaleOut(args) => scale_out::run(args).await,
             Command::Peers(args) => peers::run(args).await,
+            Command::Faults(args) => faults::run(args).await,
+            Command::FaultsWriter(_) => unreachable!("run before the runtime starts"),
         }
     })
 }

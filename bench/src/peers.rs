@@ -108,7 +108,7 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
         .filter(|job| args.only.is_empty() || args.only.iter().any(|name| name == job.name))
         .collect();
     cleanup::on_interrupt();
-    let _guard = crate::scale_out::CleanupGuard;
+    let _guard = crate::cleanup::Guard;
     let root = args.work_dir.join(format!("shoal-peers-{}", std::process::id()));
     cleanup::directory(root.clone());
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use shoal_client::RegistryClient;
 use shoal_client::proto as pb;
-use shoal_testkit::{Process, is_fuse_mounted, wait_for};
+use shoal_testkit::{is_fuse_mounted, wait_for};
 
-use super::lab::Host;
+use super::lab::{Host, HostProcess};
 use crate::cleanup;
 
 const REGISTRY_PORT: u16 = 7100;
@@ -18,39 +18,6 @@ const DATA_PORT: u16 = 7200;
 const GATEWAY_PORT: u16 = 7400;
 /// Bound on every start-up wait (registry election, data services registering, mounts).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// A process on a lab host, recorded for the interrupt handler while it runs.
-struct HostProcess {
-    process: Process,
-}
-
-impl HostProcess {
-    fn start(host: &Host, name: &str, binary: &Path, args: &[String], log: &Path) -> anyhow::Result<HostProcess> {
-        let mut full = vec![format!("--net=/run/netns/{}", host.namespace), "--".into()];
-        full.push(binary.display().to_string());
-        full.extend(args.iter().cloned());
-        let process = Process::spawn(name, Path::new("nsenter"), &full, log)?;
-        if let Some(pid) = process.pid() {
-            cleanup::process(name, pid);
-        }
-        Ok(HostProcess { process })
-    }
-
-    fn stop(&mut self) {
-        let pid = self.process.pid();
-        self.process.terminate(STOP_GRACE);
-        if let Some(pid) = pid {
-            cleanup::forget_process(pid);
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 pub struct ClientMount {
     pub dir: PathBuf,

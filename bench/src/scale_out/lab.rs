@@ -10,10 +10,16 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use shoal_testkit::Process;
 
 use crate::cleanup;
+
+/// How long a process on a host gets to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Every lab name starts with this, then this process's id.
 const PREFIX: &str = "shb";
@@ -26,7 +32,8 @@ pub const MAX_HOSTS: usize = 200;
 pub struct Lab {
     prefix: String,
     bridge: String,
-    link_bytes_per_second: u64,
+    /// The cap of every host's link; `None`: uncapped.
+    link_bytes_per_second: Option<u64>,
     hosts: usize,
 }
 
@@ -35,6 +42,8 @@ pub struct Host {
     pub name: String,
     pub namespace: String,
     pub ip: Ipv4Addr,
+    /// The machine's end of the host's veth pair: down, the host is cut off.
+    pub link: String,
 }
 
 impl Host {
@@ -99,13 +108,14 @@ pub fn sweep_leftovers() {
 }
 
 impl Lab {
-    /// Creates the bridge; hosts are added with [`Lab::add_host`].
-    pub fn create(link_bytes_per_second: u64) -> anyhow::Result<Lab> {
+    /// Creates the bridge; hosts are added with [`Lab::add_host`]. Every host's link is
+    /// capped at `link_bytes_per_second` each way (`None`: not capped).
+    pub fn create(link_bytes_per_second: Option<u64>) -> anyhow::Result<Lab> {
         anyhow::ensure!(
             nix::unistd::geteuid().is_root(),
-            "the scale-out lab needs root (network namespaces, tc, FUSE mounts)"
+            "the lab needs root (network namespaces, tc, FUSE mounts)"
         );
-        assert!(link_bytes_per_second > 0);
+        assert!(link_bytes_per_second != Some(0), "a link cap is positive");
         sweep_leftovers();
         let subnet = format!("{}.{}.{}.", SUBNET[0], SUBNET[1], SUBNET[2]);
         let addresses = Command::new("ip").args(["-o", "addr"]).output()?;
@@ -170,27 +180,100 @@ impl Lab {
         run("ip", &["-n", &namespace, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", &namespace, "link", "set", "lo", "up"])?;
         // The cap: the host's sends leave through eth0, its receives through the outer end.
-        let (rate, burst) = self.tbf_parameters();
-        let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
-        let mut inner_args = vec!["-n", &namespace, "qdisc", "add", "dev", "eth0"];
-        inner_args.extend(tbf);
-        run("tc", &inner_args)?;
-        let mut outer_args = vec!["qdisc", "add", "dev", &outer];
-        outer_args.extend(tbf);
-        run("tc", &outer_args)?;
+        if let Some(link_bytes_per_second) = self.link_bytes_per_second {
+            let (rate, burst) = tbf_parameters(link_bytes_per_second);
+            let tbf = ["root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms"];
+            let mut inner_args = vec!["-n", &namespace, "qdisc", "add", "dev", "eth0"];
+            inner_args.extend(tbf);
+            run("tc", &inner_args)?;
+            let mut outer_args = vec!["qdisc", "add", "dev", &outer];
+            outer_args.extend(tbf);
+            run("tc", &outer_args)?;
+        }
         Ok(Host {
             name: name.to_string(),
             namespace,
             ip,
+            link: outer,
         })
     }
 
-    /// tbf's rate in bits per second and its bucket in bytes: 20 ms of traffic, at least
-    /// 128 KiB so a 64 KiB GSO packet always fits.
-    fn tbf_parameters(&self) -> (String, String) {
-        let rate = format!("{}bit", self.link_bytes_per_second * 8);
-        let burst_bytes = (self.link_bytes_per_second / 50).max(128 << 10);
-        (rate, format!("{burst_bytes}b"))
+    /// Cuts `host` off the network (a partition of it from every other host), or with
+    /// `connected`, joins it again.
+    /// (The host's link is taken off the bridge and put back; it stays up throughout.)
+    pub fn connect(&self, host: &Host, connected: bool) -> anyhow::Result<()> {
+        if connected {
+            run("ip", &["link", "set", &host.link, "master", &self.bridge])
+        } else {
+            run("ip", &["link", "set", &host.link, "nomaster"])
+        }
+    }
+}
+
+/// tbf's rate in bits per second and its bucket in bytes: 20 ms of traffic, at least
+/// 128 KiB so a 64 KiB GSO packet always fits.
+fn tbf_parameters(link_bytes_per_second: u64) -> (String, String) {
+    let rate = format!("{}bit", link_bytes_per_second * 8);
+    let burst_bytes = (link_bytes_per_second / 50).max(128 << 10);
+    (rate, format!("{burst_bytes}b"))
+}
+
+/// A process on a lab host (its network namespace; the machine's mounts and files),
+/// recorded for the interrupt handler while it runs.
+pub struct HostProcess {
+    process: Process,
+}
+
+impl HostProcess {
+    pub fn start(host: &Host, name: &str, binary: &Path, args: &[String], log: &Path) -> anyhow::Result<HostProcess> {
+        // nsenter enters the namespace and execs the program: the pid is the program's.
+        let mut full = vec![format!("--net=/run/netns/{}", host.namespace), "--".into()];
+        full.push(binary.display().to_string());
+        full.extend(args.iter().cloned());
+        let process = Process::spawn(name, Path::new("nsenter"), &full, log)?;
+        if let Some(pid) = process.pid() {
+            cleanup::process(name, pid);
+        }
+        Ok(HostProcess { process })
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        let pid = self.process.pid();
+        self.process.terminate(STOP_GRACE);
+        if let Some(pid) = pid {
+            cleanup::forget_process(pid);
+        }
+    }
+
+    /// SIGKILL, at once.
+    pub fn kill(&mut self) {
+        let pid = self.process.pid();
+        self.process.kill();
+        if let Some(pid) = pid {
+            cleanup::forget_process(pid);
+        }
+    }
+
+    /// SIGSTOP (`paused`) or SIGCONT.
+    pub fn pause(&self, paused: bool) -> anyhow::Result<()> {
+        let pid = self
+            .process
+            .pid()
+            .ok_or_else(|| anyhow::anyhow!("process has exited"))?;
+        let signal = if paused { Signal::SIGSTOP } else { Signal::SIGCONT };
+        kill(nix::unistd::Pid::from_raw(pid as i32), signal)?;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

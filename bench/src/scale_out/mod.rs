@@ -7,7 +7,7 @@
 //! `bench/RESULTS.md`, charts to `bench/plots/`.
 
 mod cluster;
-mod lab;
+pub(crate) mod lab;
 mod load;
 mod ugc;
 
@@ -74,15 +74,6 @@ struct Measured {
     aggregate: Aggregate,
 }
 
-/// Removes everything the run made when dropped (normal end, error or panic).
-pub struct CleanupGuard;
-
-impl Drop for CleanupGuard {
-    fn drop(&mut self) {
-        cleanup::run();
-    }
-}
-
 pub async fn run(args: ScaleOutArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.clients >= 2,
@@ -98,7 +89,7 @@ pub async fn run(args: ScaleOutArgs) -> anyhow::Result<()> {
     );
     let binary = shoal_binary()?;
     cleanup::on_interrupt();
-    let _guard = CleanupGuard;
+    let _guard = cleanup::Guard;
     let scratch = PathBuf::from(format!("/tmp/shoal-scale-out-{}", std::process::id()));
     cleanup::directory(scratch.clone());
     std::fs::create_dir_all(&scratch)?;
@@ -106,7 +97,7 @@ pub async fn run(args: ScaleOutArgs) -> anyhow::Result<()> {
     continuous_writeback()?;
     let link_bytes_per_second = args.link_mib_per_second << 20;
     let max_data_services = *args.data_services.iter().max().expect("checked non-empty");
-    let mut lab = lab::Lab::create(link_bytes_per_second)?;
+    let mut lab = lab::Lab::create(Some(link_bytes_per_second))?;
     let registry_host = lab.add_host("registry")?;
     let gateway_host = lab.add_host("gateway")?;
     let data_hosts = (1..=max_data_services)
