@@ -23,24 +23,11 @@ struct Identity {
 }
 
 fn read(disk: &Path) -> anyhow::Result<Option<Identity>> {
-    let path = disk.join(IDENTITY_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?,
-        )),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(anyhow::anyhow!("cannot read {}: {error}", path.display())),
-    }
+    crate::json_file::read(disk, IDENTITY_FILE)
 }
 
 fn write(disk: &Path, identity: &Identity) -> anyhow::Result<()> {
-    let path = disk.join(IDENTITY_FILE);
-    let temporary = disk.join(format!("{IDENTITY_FILE}.tmp"));
-    std::fs::write(&temporary, serde_json::to_vec_pretty(identity)?)?;
-    std::fs::File::open(&temporary)?.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(disk)?.sync_all()?;
-    Ok(())
+    crate::json_file::write(disk, IDENTITY_FILE, identity)
 }
 
 /// The uuid recorded on `disks`, or a new one written to all of them. Disks that belong to

@@ -9,6 +9,7 @@
 
 pub mod background;
 pub mod identity;
+mod json_file;
 pub mod locks;
 pub mod node;
 pub mod peers;

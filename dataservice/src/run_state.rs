@@ -33,24 +33,11 @@ fn current_boot_id() -> String {
 }
 
 fn read(disk: &Path) -> anyhow::Result<Option<RunState>> {
-    let path = disk.join(RUN_STATE_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?,
-        )),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(error) => Err(anyhow::anyhow!("cannot read {}: {error}", path.display())),
-    }
+    crate::json_file::read(disk, RUN_STATE_FILE)
 }
 
 fn write(disk: &Path, state: &RunState) -> anyhow::Result<()> {
-    let path = disk.join(RUN_STATE_FILE);
-    let temporary = disk.join(format!("{RUN_STATE_FILE}.tmp"));
-    std::fs::write(&temporary, serde_json::to_vec_pretty(state)?)?;
-    std::fs::File::open(&temporary)?.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(disk)?.sync_all()?;
-    Ok(())
+    crate::json_file::write(disk, RUN_STATE_FILE, state)
 }
 
 /// Marks the service running on `disks`. Returns true if it may have lost unsynced writes

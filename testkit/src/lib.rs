@@ -46,3 +46,21 @@ pub fn shoal_binary() -> anyhow::Result<PathBuf> {
         exe.display()
     )
 }
+
+/// Deterministic bytes for position `offset..offset + length` of a stream named by `seed`
+/// (splitmix64 of each 8-byte word's position and the seed): every seed's bytes differ from
+/// every other's at every position, so a test can tell whose bytes a file holds.
+pub fn pattern(seed: u64, offset: u64, length: u64) -> Vec<u8> {
+    assert!(
+        offset.is_multiple_of(8) && length.is_multiple_of(8),
+        "patterns are made of whole words"
+    );
+    let mut out = Vec::with_capacity(length as usize);
+    for word in offset / 8..(offset + length) / 8 {
+        let mut z = word ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out
+}

@@ -80,6 +80,36 @@ pub struct FaultCluster {
     root: PathBuf,
 }
 
+/// The registry nodes (not started) and their addresses.
+fn registry_nodes(lab: &mut Lab, root: &Path) -> anyhow::Result<(Vec<Node>, Vec<String>)> {
+    let hosts = (1..=REGISTRY_NODES)
+        .map(|i| lab.add_host(&format!("reg{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let peers: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| format!("--peer={}={}", i + 1, host.address(REGISTRY_PORT)))
+        .collect();
+    let addresses = hosts.iter().map(|h| h.address(REGISTRY_PORT)).collect();
+    let nodes = hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let mut args = vec![
+                "registry".to_string(),
+                format!("--id={}", i + 1),
+                format!("--listen={}", host.address(REGISTRY_PORT)),
+                format!("--data={}", root.join(&host.name).display()),
+                "--init".into(),
+                format!("--data-service-lease-ms={LEASE_MS}"),
+            ];
+            args.extend(peers.iter().cloned());
+            node(host, args, root)
+        })
+        .collect();
+    Ok((nodes, addresses))
+}
+
 fn node(host: Host, args: Vec<String>, root: &Path) -> Node {
     let log = root.join(format!("{}.log", host.name));
     Node {
@@ -96,29 +126,8 @@ impl FaultCluster {
         std::fs::create_dir_all(root)?;
         cleanup::directory(root.to_path_buf());
         let mut lab = Lab::create(None)?;
-        let registry_hosts = (1..=REGISTRY_NODES)
-            .map(|i| lab.add_host(&format!("reg{i}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let peers: Vec<String> = registry_hosts
-            .iter()
-            .enumerate()
-            .map(|(i, host)| format!("--peer={}={}", i + 1, host.address(REGISTRY_PORT)))
-            .collect();
-        let registry_addresses: Vec<String> = registry_hosts.iter().map(|h| h.address(REGISTRY_PORT)).collect();
+        let (registry, registry_addresses) = registry_nodes(&mut lab, root)?;
         let registry_arg = format!("--registry={}", registry_addresses.join(","));
-        let mut registry = Vec::new();
-        for (i, host) in registry_hosts.into_iter().enumerate() {
-            let mut args = vec![
-                "registry".to_string(),
-                format!("--id={}", i + 1),
-                format!("--listen={}", host.address(REGISTRY_PORT)),
-                format!("--data={}", root.join(&host.name).display()),
-                "--init".into(),
-                format!("--data-service-lease-ms={LEASE_MS}"),
-            ];
-            args.extend(peers.iter().cloned());
-            registry.push(node(host, args, root));
-        }
         let mut data = Vec::new();
         for i in 1..=DATA_SERVICES {
             let host = lab.add_host(&format!("data{i}"))?;
@@ -154,22 +163,27 @@ impl FaultCluster {
             lab,
             registry,
             data,
-            mounts: Vec::new(),
+            mounts,
             mount_dirs,
             cut: Vec::new(),
             client: RegistryClient::new(registry_addresses)?,
             binary: binary.to_path_buf(),
             root: root.to_path_buf(),
         };
+        cluster.start_all().await?;
+        Ok(cluster)
+    }
+
+    /// Starts the registry and the data services, creates the volume, mounts it.
+    async fn start_all(&mut self) -> anyhow::Result<()> {
         for index in 0..REGISTRY_NODES {
-            cluster.registry[index].start(binary)?;
+            self.restart_registry(index)?;
         }
         for index in 0..DATA_SERVICES {
-            cluster.data[index].start(binary)?;
+            self.restart_data(index)?;
         }
-        cluster.wait_for_data_services().await.with_context(|| cluster.logs())?;
-        cluster
-            .client
+        self.wait_for_data_services().await.with_context(|| self.logs())?;
+        self.client
             .create_volume(pb::CreateVolumeRequest {
                 name: VOLUME.into(),
                 replicas: REPLICAS,
@@ -179,11 +193,10 @@ impl FaultCluster {
             })
             .await
             .context("creating the volume")?;
-        cluster.mounts = mounts;
         for index in 0..MOUNTS {
-            cluster.start_mount(index).await?;
+            self.start_mount(index).await?;
         }
-        Ok(cluster)
+        Ok(())
     }
 
     async fn wait_for_data_services(&self) -> anyhow::Result<()> {
@@ -332,25 +345,9 @@ impl FaultCluster {
         }
     }
 
-    /// The last lines of every log.
+    /// The last lines of every log, for an error report.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                out.push_str(&format!(
-                    "---- {}\n{}\n",
-                    path.display(),
-                    lines[lines.len().saturating_sub(20)..].join("\n")
-                ));
-            }
-        }
-        out
+        crate::scale_out::lab::log_tails(&self.root, 20)
     }
 
     /// Unmounts and stops everything, and removes the cluster's files.

@@ -311,12 +311,13 @@ fn markdown(summary: &Summary, args: &FaultArgs) -> String {
     let json = summary.json();
     let mut out = String::new();
     out.push_str(&format!(
-        "### Fault injection: {} faults, {:.0} min\n\n`shoal-bench faults --faults {} --seed {}` on {} (3 registry nodes, 4 data services, 3 copies, 2 mounts, each its own network namespace; data-service lease {} ms, mount retry timeout {} s; {} writers with {} files each). Every acknowledged write (followed by a successful fsync or close) is in the writers' model; checked by read-backs during the run and, after healing, by reading every file whole through the other mount; then every chain's replicas are compared.\n\n",
+        "### Fault injection: {} faults, {:.0} min\n\n`shoal-bench faults --faults {} --seed {}` on {}, commit {} (3 registry nodes, 4 data services, 3 copies, 2 mounts, each its own network namespace; data-service lease {} ms, mount retry timeout {} s; {} writers with {} files each). Every acknowledged write (followed by a successful fsync or close) is in the writers' model; checked by read-backs during the run and, after healing, by reading every file whole through the other mount; then every chain's replicas are compared.\n\n",
         summary.tally.total(),
         summary.seconds / 60.0,
         args.faults,
         summary.seed,
         chrono_free_date(),
+        commit(),
         cluster::LEASE_MS,
         cluster::MOUNT_RETRY_SECONDS,
         MOUNTS * args.writers_per_mount,
@@ -356,6 +357,17 @@ fn markdown(summary: &Summary, args: &FaultArgs) -> String {
         }
     }
     out
+}
+
+/// The checkout's commit, short (the binary under test is built from it).
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(report::bench_dir())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from `date`.

@@ -57,19 +57,9 @@ impl Verdict {
 }
 
 /// The bytes write `op` of file `file_id` puts at `offset..offset + length` (both whole
-/// sectors): splitmix64 of the position and the write, so that every write's bytes differ
-/// from every other's at every position.
+/// sectors): every write's bytes differ from every other's at every position.
 pub fn content(file_id: u32, op: u32, offset: u64, length: u64) -> Vec<u8> {
-    assert!(offset.is_multiple_of(8) && length.is_multiple_of(8));
-    let seed = (u64::from(file_id) << 32) | u64::from(op);
-    let mut out = Vec::with_capacity(length as usize);
-    for word in offset / 8..(offset + length) / 8 {
-        let mut z = word ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out
+    shoal_testkit::pattern((u64::from(file_id) << 32) | u64::from(op), offset, length)
 }
 
 impl FileModel {

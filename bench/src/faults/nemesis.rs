@@ -101,6 +101,19 @@ fn past_retry(rng: &mut StdRng) -> Duration {
 /// Injects `fault` and undoes it. Returns how many faults that was (a kill repeated
 /// counts twice).
 pub async fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) -> anyhow::Result<u64> {
+    match fault {
+        Fault::KillDataWithinLease
+        | Fault::KillDataPastLease
+        | Fault::KillDataWhileRecovering
+        | Fault::KillTwoData
+        | Fault::PauseData
+        | Fault::KillEveryDataPastRetry => data_fault(cluster, fault, rng).await,
+        _ => other_fault(cluster, fault, rng).await,
+    }
+}
+
+/// Faults of data services: kills, repeated kills, pauses.
+async fn data_fault(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) -> anyhow::Result<u64> {
     let data = rng.random_range(0..DATA_SERVICES);
     Ok(match fault {
         Fault::KillDataWithinLease | Fault::KillDataPastLease => {
@@ -146,6 +159,23 @@ pub async fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) 
             cluster.data[data].pause(false)?;
             1
         }
+        Fault::KillEveryDataPastRetry => {
+            for index in 0..DATA_SERVICES {
+                cluster.data[index].kill();
+            }
+            tokio::time::sleep(past_retry(rng)).await;
+            for index in 0..DATA_SERVICES {
+                cluster.restart_data(index)?;
+            }
+            1
+        }
+        other => unreachable!("{other:?} is not a data-service fault"),
+    })
+}
+
+/// Faults of registry nodes and mounts, and partitions.
+async fn other_fault(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) -> anyhow::Result<u64> {
+    Ok(match fault {
         Fault::KillRegistryLeader | Fault::KillRegistryFollower => {
             let leader = cluster.leader().await.unwrap_or(0).min(REGISTRY_NODES - 1);
             let node = if fault == Fault::KillRegistryLeader {
@@ -165,16 +195,6 @@ pub async fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) 
             cluster.start_mount(mount).await?;
             1
         }
-        Fault::KillEveryDataPastRetry => {
-            for index in 0..DATA_SERVICES {
-                cluster.data[index].kill();
-            }
-            tokio::time::sleep(past_retry(rng)).await;
-            for index in 0..DATA_SERVICES {
-                cluster.restart_data(index)?;
-            }
-            1
-        }
         Fault::PartitionClientPastRetry => {
             let host = cluster.mounts[rng.random_range(0..MOUNTS)].host.clone();
             cluster.connect(&host, false)?;
@@ -184,7 +204,7 @@ pub async fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) 
         }
         Fault::PartitionData | Fault::PartitionRegistry | Fault::PartitionClient => {
             let host = match fault {
-                Fault::PartitionData => cluster.data[data].host.clone(),
+                Fault::PartitionData => cluster.data[rng.random_range(0..DATA_SERVICES)].host.clone(),
                 Fault::PartitionRegistry => cluster.registry[rng.random_range(0..REGISTRY_NODES)].host.clone(),
                 _ => cluster.mounts[rng.random_range(0..MOUNTS)].host.clone(),
             };
@@ -198,6 +218,7 @@ pub async fn inject(cluster: &mut FaultCluster, fault: Fault, rng: &mut StdRng) 
             cluster.connect(&host, true)?;
             1
         }
+        other => unreachable!("{other:?} is a data-service fault"),
     })
 }
 

@@ -181,20 +181,7 @@ impl VirtualCluster {
 
     /// The last lines of every log, for an error report.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|extension| extension == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(20)..];
-                out.push_str(&format!("---- {}\n{}\n", path.display(), tail.join("\n")));
-            }
-        }
-        out
+        super::lab::log_tails(&self.root, 20)
     }
 
     /// Unmounts, stops every process (mounts, gateway, data services, registry) and removes

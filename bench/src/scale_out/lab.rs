@@ -218,6 +218,24 @@ fn tbf_parameters(link_bytes_per_second: u64) -> (String, String) {
     (rate, format!("{burst_bytes}b"))
 }
 
+/// The last `lines` lines of every `*.log` file in `dir`, for an error report.
+pub fn log_tails(dir: &Path, lines: usize) -> String {
+    let mut out = String::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!("---- {}\n{}\n", path.display(), tail.join("\n")));
+        }
+    }
+    out
+}
+
 /// A process on a lab host (its network namespace; the machine's mounts and files),
 /// recorded for the interrupt handler while it runs.
 pub struct HostProcess {

@@ -24,18 +24,7 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_shoal")))
 }
 
-/// Deterministic bytes for position `offset` of test file `seed` (splitmix64 per word).
-pub fn pattern(seed: u64, offset: u64, length: u64) -> Vec<u8> {
-    assert!(offset.is_multiple_of(8) && length.is_multiple_of(8));
-    let mut out = Vec::with_capacity(length as usize);
-    for word in offset / 8..(offset + length) / 8 {
-        let mut z = word ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out
-}
+pub use shoal_testkit::pattern;
 
 pub async fn start(data_services: usize) -> ShoalCluster {
     start_with_lease(data_services, 2000).await

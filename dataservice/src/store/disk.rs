@@ -202,7 +202,7 @@ impl Disk {
 
     /// Chunks with an [`Unsynced`] record, at most `max`.
     pub fn unsynced_chunks(&self, max: usize) -> StoreResult<Vec<ChunkId>> {
-        self.keys_of(SPACE_UNSYNCED, max)
+        self.scan_chunks(SPACE_UNSYNCED, &[], None, 0, max)
     }
 
     /// Records that the copy in `incoming` is about to be renamed over `chunk`'s file.
@@ -235,10 +235,19 @@ impl Disk {
         Ok(found)
     }
 
-    fn keys_of(&self, space: &str, max: usize) -> StoreResult<Vec<ChunkId>> {
+    /// Chunk ids of up to `max` keys in `[start, end)` of `space`, each key holding the id
+    /// after `skip` bytes of prefix.
+    fn scan_chunks(
+        &self,
+        space: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        skip: usize,
+        max: usize,
+    ) -> StoreResult<Vec<ChunkId>> {
         let mut chunks = Vec::new();
-        self.engine.scan(space, &[], None, &mut |key, _| {
-            if let Some(chunk) = ChunkId::from_key(key) {
+        self.engine.scan(space, start, end, &mut |key, _| {
+            if let Some(chunk) = key.get(skip..).and_then(ChunkId::from_key) {
                 chunks.push(chunk);
             }
             if chunks.len() >= max {
@@ -270,35 +279,12 @@ impl Disk {
             None => prefix.to_vec(),
         };
         let end = shoal_engine::prefix_end(&prefix);
-        let mut chunks = Vec::new();
-        self.engine
-            .scan(SPACE_BY_CHAIN, &start, end.as_deref(), &mut |key, _| {
-                if let Some(chunk) = ChunkId::from_key(&key[8..]) {
-                    chunks.push(chunk);
-                }
-                if chunks.len() >= max {
-                    ScanControl::Stop
-                } else {
-                    ScanControl::Continue
-                }
-            })?;
-        Ok(chunks)
+        self.scan_chunks(SPACE_BY_CHAIN, &start, end.as_deref(), prefix.len(), max)
     }
 
     pub fn chunks_with_prefix(&self, prefix: &[u8], max: usize) -> StoreResult<Vec<ChunkId>> {
         let end = shoal_engine::prefix_end(prefix);
-        let mut chunks = Vec::new();
-        self.engine.scan(SPACE_CHUNKS, prefix, end.as_deref(), &mut |key, _| {
-            if let Some(chunk) = ChunkId::from_key(key) {
-                chunks.push(chunk);
-            }
-            if chunks.len() >= max {
-                ScanControl::Stop
-            } else {
-                ScanControl::Continue
-            }
-        })?;
-        Ok(chunks)
+        self.scan_chunks(SPACE_CHUNKS, prefix, end.as_deref(), 0, max)
     }
 
     pub fn usage(&self) -> DiskUsage {

@@ -257,27 +257,11 @@ impl ChunkStore {
     /// recovery needs, see [`Unsynced`]) first, then the bytes; a synced write then makes the
     /// chunk's file durable.
     pub fn write(&self, chunk: ChunkId, op: WriteOp<'_>) -> StoreResult<()> {
-        let end = op.offset + op.data.len() as u64;
-        if end > MAX_CHUNK_SIZE_BYTES || op.data.len() > MAX_WRITE_BYTES {
-            return Err(StoreError::Invalid {
-                chunk,
-                message: format!(
-                    "write of {} bytes ending at {end}: writes carry at most {MAX_WRITE_BYTES} bytes and end by {MAX_CHUNK_SIZE_BYTES}",
-                    op.data.len()
-                ),
-            });
-        }
-        assert!(!op.data.is_empty(), "{chunk}: an empty write");
-        assert_eq!(
-            op.payload_crcs.len(),
-            op.data.len().div_ceil(BLOCK_SIZE_BYTES),
-            "{chunk}: one payload checksum per 4 KiB piece"
-        );
+        Self::check_write(&chunk, &op)?;
         let disk = self.disk(&chunk);
         let path = disk.chunk_path(&chunk);
         let old = disk.meta(&chunk)?;
         let old_length = old.as_ref().map_or(0, |m| m.length_bytes);
-        let new_length = old_length.max(end);
         let (first_block, end_block) = block_span(op.offset, op.data.len() as u64);
         let mut groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
         let file = match old {
@@ -293,22 +277,8 @@ impl ChunkStore {
         for update in &updates {
             set_crc(&mut groups, update.block, Some(update.crc));
         }
-        let meta = ChunkMeta {
-            chain_id: op.chain_id,
-            version: op.version,
-            length_bytes: new_length,
-        };
-        let mut batch = WriteBatch::new();
-        disk.put_meta(&mut batch, &chunk, &meta);
-        for (group, crcs) in &groups {
-            disk.put_crc_group(&mut batch, &chunk, *group, crcs);
-        }
-        disk.put_unsynced(&mut batch, &chunk, &unsynced);
-        if op.dirty {
-            batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
-        } else {
-            batch.delete(SPACE_DIRTY, chunk.key().to_vec());
-        }
+        let length_bytes = old_length.max(op.offset + op.data.len() as u64);
+        let batch = Self::intent_batch(disk, &chunk, &op, length_bytes, &groups, &unsynced);
         // Durable first where a crash could otherwise cost bytes this write does not touch,
         // or where the write must be durable anyway.
         let durability = if op.sync || keeps_durable_bytes {
@@ -337,6 +307,56 @@ impl ChunkStore {
             disk.engine().write(batch, Durability::Buffered)?;
         }
         Ok(())
+    }
+
+    /// Bad input gets an error; a caller's broken promise (checked CRCs) an assertion.
+    fn check_write(chunk: &ChunkId, op: &WriteOp<'_>) -> StoreResult<()> {
+        let end = op.offset + op.data.len() as u64;
+        if end > MAX_CHUNK_SIZE_BYTES || op.data.len() > MAX_WRITE_BYTES {
+            return Err(StoreError::Invalid {
+                chunk: *chunk,
+                message: format!(
+                    "write of {} bytes ending at {end}: writes carry at most {MAX_WRITE_BYTES} bytes and end by {MAX_CHUNK_SIZE_BYTES}",
+                    op.data.len()
+                ),
+            });
+        }
+        assert!(!op.data.is_empty(), "{chunk}: an empty write");
+        assert_eq!(
+            op.payload_crcs.len(),
+            op.data.len().div_ceil(BLOCK_SIZE_BYTES),
+            "{chunk}: one payload checksum per 4 KiB piece"
+        );
+        Ok(())
+    }
+
+    /// What a write records before its bytes reach the file: the new metadata and
+    /// checksums, what recovery needs, and whether the chain downstream still owes it.
+    fn intent_batch(
+        disk: &Disk,
+        chunk: &ChunkId,
+        op: &WriteOp<'_>,
+        length_bytes: u64,
+        groups: &BTreeMap<u64, CrcGroup>,
+        unsynced: &Unsynced,
+    ) -> WriteBatch {
+        let meta = ChunkMeta {
+            chain_id: op.chain_id,
+            version: op.version,
+            length_bytes,
+        };
+        let mut batch = WriteBatch::new();
+        disk.put_meta(&mut batch, chunk, &meta);
+        for (group, crcs) in groups {
+            disk.put_crc_group(&mut batch, chunk, *group, crcs);
+        }
+        disk.put_unsynced(&mut batch, chunk, unsynced);
+        if op.dirty {
+            batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
+        } else {
+            batch.delete(SPACE_DIRTY, chunk.key().to_vec());
+        }
+        batch
     }
 
     /// The blocks a write changes: new checksums, and for a block it covers only in part,

@@ -12,21 +12,7 @@ const CHUNK: ChunkId = ChunkId {
 };
 
 fn write(store: &ChunkStore, offset: u64, data: &[u8], version: u64) {
-    let crcs = payload_crcs(data);
-    store
-        .write(
-            CHUNK,
-            WriteOp {
-                chain_id: 5,
-                offset,
-                data,
-                payload_crcs: &crcs,
-                version,
-                dirty: false,
-                sync: false,
-            },
-        )
-        .unwrap();
+    write_synced(store, offset, data, version, false);
 }
 
 #[derive(Clone, Debug)]
