@@ -16,7 +16,7 @@ use shoal_client::chains::ChainInfo;
 use shoal_client::proto as pb;
 use shoal_client::{DataClient, RegistryClient, RetryPolicy, file};
 use shoal_proto::data as data_pb;
-use shoal_testkit::{KillAt, MountSpec, MountedCluster, ShoalCluster, newest_engine_log, wait_for};
+use shoal_testkit::{KillAt, MountSpec, MountedCluster, PrivateFiles, ShoalCluster, newest_engine_log, wait_for};
 
 /// A data client that gives up after `seconds` (so a test sees an error, not a long wait).
 fn impatient(registry: &RegistryClient, seconds: u64) -> DataClient {
@@ -584,12 +584,21 @@ async fn an_fsync_after_a_power_loss_that_may_have_lost_its_writes_fails() {
     let mut setup = MountedCluster::start(&binary(), spec).await.expect("mounted");
     let result = async {
         let path = setup.mount.path("unsynced.bin");
-        let mut file = std::fs::File::create(&path)?;
-        file.sync_all()?;
+        // Held off the shared descriptor table: the restart below must not flush it on exec.
+        let files = PrivateFiles::start()?;
+        let create = path.clone();
+        files.run(move |files| -> std::io::Result<()> {
+            let file = std::fs::File::create(&create)?;
+            file.sync_all()?;
+            files.insert("unsynced".into(), file);
+            Ok(())
+        })??;
         let disk = disk_of(&setup.cluster, 0);
         let saved = setup.cluster.registry.root().join("before-power-loss");
         snapshot_disk(pid_of(&setup.cluster, 0), &disk, &saved)?;
-        tokio::task::block_in_place(|| file.write_all(&[7u8; 65536]))?;
+        tokio::task::block_in_place(|| {
+            files.run(|files| files.get_mut("unsynced").expect("held").write_all(&[7u8; 65536]))
+        })??;
         // The mount sends buffered writes within a second or two; wait until they are there.
         let ino = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
         wait_for("the write to reach the data service", Duration::from_secs(30), || {
@@ -612,7 +621,8 @@ async fn an_fsync_after_a_power_loss_that_may_have_lost_its_writes_fails() {
         pretend_reboot(&disk)?;
         setup.cluster.restart_data_service(0)?;
         setup.cluster.wait_for_data_services(Duration::from_secs(60)).await?;
-        let synced = tokio::task::block_in_place(|| file.sync_all());
+        let synced =
+            tokio::task::block_in_place(|| files.run(|files| files.get_mut("unsynced").expect("held").sync_all()))?;
         anyhow::ensure!(
             synced.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::EIO)),
             "fsync must not report a write the only copy lost as durable: {synced:?}"

@@ -221,7 +221,7 @@ async fn inject_and_check(cluster: &mut FaultCluster, args: &FaultArgs, seed: u6
             .unexpected_errors
             .extend(outcome.unexpected_errors.iter().cloned());
     }
-    let (compared, differing) = replicas::compare(&cluster.client).await?;
+    let (compared, differing) = replicas::compare_until_converged(&cluster.client).await?;
     summary.chunks_compared = compared;
     summary.replicas_differing = differing;
     Ok(summary)

@@ -1,6 +1,8 @@
 //! After healing, every chain's members must hold the same chunks, at the same versions,
 //! with the same bytes: convergence, checked member by member over their own gRPC API.
 
+use std::time::Duration;
+
 use shoal_client::RegistryClient;
 use shoal_client::chains::{ChainInfo, ChainTable};
 use shoal_client::proto as pb;
@@ -55,8 +57,30 @@ async fn chunks_of(table: &ChainTable, chain: &ChainInfo, id: u64) -> anyhow::Re
     )
 }
 
-/// Compares every chain's members. Returns the chunks compared and what differs.
-pub async fn compare(registry: &RegistryClient) -> anyhow::Result<(u64, Vec<String>)> {
+/// How long members get to converge after healing (a change a failure left unacknowledged
+/// is copied down its chain by a background sweep every few seconds).
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Compares every chain's members until they agree or [`CONVERGE_TIMEOUT`] passes.
+/// Returns the chunks compared and, if they never agreed, what differed last.
+pub async fn compare_until_converged(registry: &RegistryClient) -> anyhow::Result<(u64, Vec<String>)> {
+    let started = std::time::Instant::now();
+    // Bounded by the timeout.
+    loop {
+        let (compared, differing) = match compare(registry).await {
+            Ok(found) => found,
+            Err(error) => (0, vec![format!("{error:#}")]),
+        };
+        if differing.is_empty() || started.elapsed() > CONVERGE_TIMEOUT {
+            return Ok((compared, differing));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Compares every chain's members once. Returns the chunks compared and what differs; an
+/// error if a member did not answer.
+async fn compare(registry: &RegistryClient) -> anyhow::Result<(u64, Vec<String>)> {
     let table = ChainTable::from_wire(registry.get_chain_table(pb::Empty {}).await?);
     let mut compared = 0;
     let mut differing = Vec::new();

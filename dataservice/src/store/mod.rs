@@ -482,11 +482,12 @@ impl ChunkStore {
         Ok(record)
     }
 
-    /// Makes everything written to `chunk` durable and forgets its [`Unsynced`] record.
+    /// Makes the bytes written to `chunk` durable and forgets its [`Unsynced`] record. No
+    /// log sync is needed for that: the forgetting is durable no sooner than every batch
+    /// before it in the log (the checksums of those bytes).
     fn settle(disk: &Disk, chunk: &ChunkId, file: &File) -> StoreResult<()> {
         let path = disk.chunk_path(chunk);
         file.sync_data().map_err(io_error("sync chunk", &path))?;
-        disk.engine().sync_wal()?;
         let mut batch = WriteBatch::new();
         disk.delete_unsynced(&mut batch, chunk);
         disk.engine().write(batch, Durability::Buffered)?;
