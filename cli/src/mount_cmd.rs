@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shoal_fuse::MountOptions;
+use shoal_fuse::{AtimeMode, MountOptions};
 
 use crate::{RegistryAddress, format};
 
@@ -23,7 +23,9 @@ pub struct MountCommand {
     /// write_buffer=SIZE (written bytes not yet sent), retry_timeout=SECONDS (then EIO),
     /// gateway=HOST:PORT (send all data traffic through a `shoal gateway`),
     /// writeback_cache (let the kernel cache writes: faster small writes, but sizes changed by
-    /// other clients show only after the file leaves the kernel's cache).
+    /// other clients show only after the file leaves the kernel's cache), relatime (default:
+    /// atime updated by the first read or listing after a change, or after a day), strictatime
+    /// (by every read: a registry write each), noatime (never).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
     /// Stay in the foreground (logs to stderr) instead of running as a background daemon.
@@ -58,6 +60,9 @@ pub fn parse_options(list: &[String], options: &mut MountOptions) -> anyhow::Res
             "rw" => options.fs.read_only = false,
             "allow_other" => options.allow_other = true,
             "writeback_cache" => options.fs.kernel_writeback_cache = true,
+            "noatime" => options.fs.atime = AtimeMode::NoAtime,
+            "relatime" | "atime" => options.fs.atime = AtimeMode::RelAtime,
+            "strictatime" => options.fs.atime = AtimeMode::StrictAtime,
             "write_buffer" => {
                 options.fs.write_buffer_bytes = format::parse_size(value).map_err(anyhow::Error::msg)? as usize
             }

@@ -6,7 +6,8 @@
 //! served from blocks already cached (data read before, like a page cache).
 //!
 //! Invariant: the cache never holds more than its capacity (counted in whole blocks), and
-//! a write to an inode drops its cached blocks before the write is acknowledged.
+//! a write to an inode drops its cached blocks before it is sent and again once it has
+//! landed, so a block fetched while the write was on its way is never served after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -34,6 +34,22 @@ pub struct FsConfig {
     /// own file sizes, so growth by other clients is not seen until the file is dropped
     /// from its cache).
     pub kernel_writeback_cache: bool,
+    /// When reads and listings update atime.
+    pub atime: AtimeMode,
+}
+
+/// When reads and listings update atime: the `noatime`, `relatime` and `strictatime` mount
+/// options, with Linux's meaning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimeMode {
+    /// Never.
+    NoAtime,
+    /// When atime is not newer than mtime or ctime, or is a day old: one registry write per
+    /// file after each change, so "was it read since it changed" still works.
+    #[default]
+    RelAtime,
+    /// On every read and listing the mount serves (a registry write each).
+    StrictAtime,
 }
 
 impl Default for FsConfig {
@@ -48,6 +64,7 @@ impl Default for FsConfig {
             max_in_flight: 1024,
             write_buffer_bytes: 256 << 20,
             kernel_writeback_cache: false,
+            atime: AtimeMode::default(),
         }
     }
 }
@@ -61,7 +78,7 @@ pub struct FsCore {
     pub config: FsConfig,
     pub inodes: InodeTable,
     pub handles: HandleTable,
-    pub cache: ReadCache,
+    pub cache: Arc<ReadCache>,
     pub notifier: OnceLock<fuser::Notifier>,
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub capabilities: crate::ops::CapabilityCache,
@@ -70,6 +87,7 @@ pub struct FsCore {
 
 impl FsCore {
     pub fn new(runtime: tokio::runtime::Handle, data: DataClient, volume_id: u64, config: FsConfig) -> FsCore {
+        let cache = Arc::new(ReadCache::new(config.read_cache_bytes));
         FsCore {
             runtime,
             data,
@@ -77,11 +95,11 @@ impl FsCore {
             session_id: rand::random::<u64>() | 1,
             inodes: InodeTable::new(volume_id, config.max_inodes),
             handles: HandleTable::default(),
-            cache: ReadCache::new(config.read_cache_bytes),
+            cache: cache.clone(),
             notifier: OnceLock::new(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             capabilities: Default::default(),
-            writeback: crate::writes::WriteBack::new(config.write_buffer_bytes),
+            writeback: crate::writes::WriteBack::new(config.write_buffer_bytes, cache),
             config,
         }
     }

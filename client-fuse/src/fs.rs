@@ -12,13 +12,13 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use fuser::{
-    BsdFileFlags, FileHandle, Filesystem, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, FileHandle, Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::core::FsCore;
-use crate::ops::{Caller, NewEntry, SetAttrArgs};
+use crate::ops::{Caller, NewEntry, SetAttrArgs, WriteRequest};
 
 /// Largest read and write request the kernel sends (its own ceiling is 1 MiB).
 const MAX_IO_BYTES: u32 = 1 << 20;
@@ -70,6 +70,7 @@ fn caller(request: &Request) -> Caller {
     Caller {
         uid: request.uid(),
         gid: request.gid(),
+        pid: request.pid(),
     }
 }
 
@@ -100,7 +101,7 @@ impl Filesystem for ShoalFs {
 
     fn setattr(
         &self,
-        _request: &Request,
+        request: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -123,6 +124,7 @@ impl Filesystem for ShoalFs {
             size,
             atime,
             mtime,
+            caller: caller(request),
         };
         self.spawn(move |core| async move { core.setattr(ino.0, args, reply).await });
     }
@@ -204,18 +206,27 @@ impl Filesystem for ShoalFs {
 
     fn write(
         &self,
-        _request: &Request,
+        request: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        write_flags: WriteFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = Bytes::copy_from_slice(data);
-        self.spawn(move |core| async move { core.write(ino.0, fh.0, offset, data, reply).await });
+        let write = WriteRequest {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            data: Bytes::copy_from_slice(data),
+            // Set by the kernel on direct writes of a process without CAP_FSETID.
+            kill_set_id: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+            direct: flags.0 & libc::O_DIRECT != 0,
+            caller: caller(request),
+        };
+        self.spawn(move |core| async move { core.write(write, reply).await });
     }
 
     fn flush(&self, _request: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
@@ -237,6 +248,18 @@ impl Filesystem for ShoalFs {
 
     fn fsync(&self, _request: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |core| async move { core.flush(ino.0, fh.0, None, reply).await });
+    }
+
+    fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Counted like open files: a directory removed or replaced while open here stays
+        // stat-able through its descriptors until they close.
+        self.core.inodes.opened_directory(ino.0);
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn releasedir(&self, _request: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.core.inodes.closed_directory(ino.0);
+        reply.ok();
     }
 
     fn readdir(&self, _request: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, reply: ReplyDirectory) {
@@ -300,7 +323,7 @@ impl Filesystem for ShoalFs {
 
     fn fallocate(
         &self,
-        _request: &Request,
+        request: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -308,6 +331,7 @@ impl Filesystem for ShoalFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.spawn(move |core| async move { core.fallocate(ino.0, offset, length, mode, reply).await });
+        let caller = caller(request);
+        self.spawn(move |core| async move { core.fallocate(ino.0, offset, length, mode, caller, reply).await });
     }
 }

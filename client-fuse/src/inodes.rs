@@ -6,6 +6,7 @@
 //! otherwise bounded, and idle entries are dropped first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -49,6 +50,8 @@ pub struct InodeTable {
     volume_id: u64,
     inner: Mutex<HashMap<u64, InodeState>>,
     max_entries: usize,
+    /// Directory handles open here: while none is, removals need not ask which is open.
+    open_directories: AtomicU64,
 }
 
 /// Writes of an inode taken for a commit.
@@ -67,6 +70,7 @@ impl InodeTable {
             volume_id,
             inner: Mutex::new(HashMap::new()),
             max_entries: max_entries.max(16),
+            open_directories: AtomicU64::new(0),
         }
     }
 
@@ -218,6 +222,21 @@ impl InodeTable {
             state.open_handles = state.open_handles.saturating_sub(1);
             (state.open_handles, state.orphaned)
         })
+    }
+
+    pub fn opened_directory(&self, ino: u64) {
+        self.open_directories.fetch_add(1, Ordering::Relaxed);
+        self.opened(ino);
+    }
+
+    pub fn closed_directory(&self, ino: u64) {
+        let before = self.open_directories.fetch_sub(1, Ordering::Relaxed);
+        assert!(before > 0, "directory {ino} closed more often than opened");
+        self.closed(ino);
+    }
+
+    pub fn any_directory_open(&self) -> bool {
+        self.open_directories.load(Ordering::Relaxed) > 0
     }
 
     pub fn is_open(&self, ino: u64) -> bool {

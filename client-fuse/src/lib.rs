@@ -22,5 +22,5 @@ pub mod mount;
 mod ops;
 pub mod writes;
 
-pub use crate::core::FsConfig;
+pub use crate::core::{AtimeMode, FsConfig};
 pub use mount::{MountOptions, run};

@@ -11,7 +11,7 @@ use fuser::{Config, MountOption, SessionACL};
 use shoal_client::proto as pb;
 use shoal_client::{DataClient, RegistryClient, RetryPolicy};
 
-use crate::core::{FsConfig, FsCore};
+use crate::core::{AtimeMode, FsConfig, FsCore};
 use crate::fs::ShoalFs;
 
 /// How often unrecorded writes older than [`RECORD_AFTER`] get their size recorded.
@@ -116,8 +116,10 @@ pub fn run(
         MountOption::FSName(format!("shoal:{}", options.volume)),
         MountOption::Subtype("shoal".into()),
         MountOption::DefaultPermissions,
-        MountOption::NoAtime,
     ];
+    if options.fs.atime == AtimeMode::NoAtime {
+        mount_options.push(MountOption::NoAtime);
+    }
     if options.fs.read_only {
         mount_options.push(MountOption::RO);
     }

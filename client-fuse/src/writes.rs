@@ -23,6 +23,8 @@ use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use shoal_client::{ClientError, DataClient, FileLayout, FsError};
+
+use crate::cache::ReadCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A send in flight: the byte range it covers and its outcome, which several waiters can
@@ -116,6 +118,9 @@ pub struct WriteBack {
     files: Mutex<HashMap<u64, FileWrites>>,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
+    /// Read-ahead blocks fetched while a send was on its way hold older bytes: each send
+    /// drops the file's blocks once it has landed.
+    read_cache: Arc<ReadCache>,
 }
 
 /// Permits are counted in KiB so that a large budget fits the semaphore's range.
@@ -126,12 +131,13 @@ fn permits_for(bytes: usize) -> u32 {
 }
 
 impl WriteBack {
-    pub fn new(budget_bytes: usize) -> WriteBack {
+    pub fn new(budget_bytes: usize, read_cache: Arc<ReadCache>) -> WriteBack {
         let budget_bytes = budget_bytes.max(2 * FLUSH_BYTES);
         WriteBack {
             files: Mutex::new(HashMap::new()),
             budget: Arc::new(Semaphore::new(budget_bytes / PERMIT_BYTES)),
             budget_bytes,
+            read_cache,
         }
     }
 
@@ -212,7 +218,7 @@ impl WriteBack {
     fn send(&self, data_client: &DataClient, layout: &FileLayout, ino: u64, buffer: Buffer) {
         let (start, bytes, permits) = buffer;
         let end = start + bytes.len() as u64;
-        let (client, layout) = (data_client.clone(), layout.clone());
+        let (client, layout, read_cache) = (data_client.clone(), layout.clone(), self.read_cache.clone());
         let mut files = self.files.lock().expect("write-back lock poisoned");
         let file = files.entry(ino).or_default();
         reap(file);
@@ -228,6 +234,7 @@ impl WriteBack {
                 let _ = overlapping.await;
             }
             let result = client.write(&layout, start, bytes.freeze(), false).await;
+            read_cache.invalidate(ino);
             drop(permits);
             result.map_err(|error| {
                 let error = FsError::new(error.errno(), error.to_string());

@@ -109,6 +109,10 @@ pub enum NamespaceOp {
     ReleaseOrphan {
         ino: u64,
     },
+    /// The file or directory was read or listed: its atime becomes now; ctime stays.
+    Accessed {
+        ino: u64,
+    },
 }
 
 /// Settings of a new volume; zero fields take defaults.
@@ -202,6 +206,7 @@ impl Command {
                 NamespaceOp::AssignLayout { .. } => "assign-layout",
                 NamespaceOp::UnlinkKeepOpen { .. } => "unlink-keep-open",
                 NamespaceOp::ReleaseOrphan { .. } => "release-orphan",
+                NamespaceOp::Accessed { .. } => "accessed",
             },
             Command::CreateVolume { .. } => "create-volume",
             Command::DeleteVolume { .. } => "delete-volume",

@@ -62,6 +62,9 @@ impl FsCore {
     }
 
     pub async fn readdir(&self, ino: u64, offset: u64, mut reply: ReplyDirectory) {
+        if offset == 0 {
+            self.accessed(ino).await;
+        }
         let result = async {
             if offset < 1 && reply.add(INodeNo(ino), 1, FileType::Directory, ".") {
                 return Ok(());
@@ -91,6 +94,9 @@ impl FsCore {
 
     pub async fn readdirplus(&self, ino: u64, offset: u64, mut reply: ReplyDirectoryPlus) {
         let ttl = self.config.attr_ttl;
+        if offset == 0 {
+            self.accessed(ino).await;
+        }
         let result = async {
             if offset < 1 {
                 let (attr, local) = self.fetch_attr(ino).await?;

@@ -7,6 +7,7 @@ use shoal_client::ClientError;
 use shoal_client::proto as pb;
 
 use super::fail;
+use super::privileges::Privilege;
 use crate::attrs::{file_attr, file_type_of_mode, time_ns};
 use crate::core::FsCore;
 
@@ -15,6 +16,7 @@ use crate::core::FsCore;
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    pub pid: u32,
 }
 
 /// A name about to be made in `parent` by `caller`.
@@ -35,6 +37,7 @@ pub struct SetAttrArgs {
     pub size: Option<u64>,
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
+    pub caller: Caller,
 }
 
 fn time_update(time: Option<TimeOrNow>) -> Option<pb::TimeUpdate> {
@@ -79,23 +82,31 @@ impl FsCore {
                 // are recorded later (tar and cp -a write, then set times, then close).
                 self.commit(ino, false).await?;
             }
-            if args.mode.is_none()
+            let nothing_else = args.mode.is_none()
                 && args.uid.is_none()
                 && args.gid.is_none()
                 && args.atime.is_none()
-                && args.mtime.is_none()
-            {
+                && args.mtime.is_none();
+            if nothing_else {
+                // A truncate, or the kernel removing privileges after a buffered write (it
+                // sends an empty change when the mode alone does not say what to drop).
+                self.drop_set_id_bits(ino, args.caller, Privilege::Unknown).await?;
                 return self.fetch_attr(ino).await;
             }
+            let mode = match args.mode {
+                Some(mode) => Some(self.settable_mode(ino, mode & 0o7777, args.gid, args.caller).await?),
+                None => None,
+            };
             let request = pb::SetAttrRequest {
                 volume_id: self.volume_id,
                 ino,
-                mode: args.mode.map(|m| m & 0o7777),
+                mode,
                 uid: args.uid,
                 gid: args.gid,
                 size_bytes: None,
                 atime: time_update(args.atime),
                 mtime: time_update(args.mtime),
+                access_only: false,
             };
             let attr = self.registry().set_attr(request).await?;
             let local = self.inodes.remember(&attr);
@@ -186,6 +197,17 @@ impl FsCore {
         (attr.file_type == pb::FileType::Regular as i32 && self.inodes.is_open(attr.ino)).then_some(attr.ino)
     }
 
+    /// The directory `name` in `parent` names, if this mount has it open: removed or
+    /// replaced, it must still answer fstat (with no links) until closed. Asks the registry
+    /// only while some directory is open here.
+    async fn open_directory_target(&self, parent: u64, name_: &[u8]) -> Option<u64> {
+        if !self.inodes.any_directory_open() {
+            return None;
+        }
+        let attr = self.registry().lookup(self.volume_id, parent, name_).await.ok()?;
+        (attr.file_type == pb::FileType::Directory as i32 && self.inodes.is_open(attr.ino)).then_some(attr.ino)
+    }
+
     /// Removes `name`; a file this mount still has open keeps its data until closed.
     async fn remove_name(&self, parent: u64, name_: Bytes) -> Result<(), ClientError> {
         let open = self.open_target(parent, &name_).await;
@@ -210,13 +232,19 @@ impl FsCore {
     }
 
     pub async fn rmdir(&self, parent: u64, name_: Bytes, reply: ReplyEmpty) {
+        let open = self.open_directory_target(parent, &name_).await;
         let request = pb::RmdirRequest {
             volume_id: self.volume_id,
             parent,
             name: name_,
         };
         match self.registry().rmdir(request).await {
-            Ok(_) => reply.ok(),
+            Ok(_) => {
+                if let Some(ino) = open {
+                    self.inodes.mark_orphaned(ino);
+                }
+                reply.ok()
+            }
             Err(error) => reply.error(fail(&error)),
         }
     }
@@ -239,6 +267,10 @@ impl FsCore {
                     self.remove_name(new_parent, new_name.clone()).await?;
                 }
             }
+            let replaced_directory = match plain {
+                true => self.open_directory_target(new_parent, &new_name).await,
+                false => None,
+            };
             let request = pb::RenameRequest {
                 volume_id: self.volume_id,
                 parent,
@@ -247,7 +279,13 @@ impl FsCore {
                 new_name,
                 flags: flags.bits(),
             };
-            self.registry().rename(request).await
+            let renamed = self.registry().rename(request).await?;
+            if let Some(ino) = replaced_directory
+                && renamed.replaced_ino == Some(ino)
+            {
+                self.inodes.mark_orphaned(ino);
+            }
+            Ok::<_, ClientError>(renamed)
         }
         .await;
         match result {

@@ -11,13 +11,27 @@ use fuser::{Errno, FileHandle, FopenFlags, Generation, ReplyCreate, ReplyData, R
 use shoal_client::ClientError;
 use shoal_client::proto as pb;
 
-use super::entries::NewEntry;
+use super::entries::{Caller, NewEntry};
 use super::fail;
+use super::privileges::Privilege;
 use crate::attrs::file_attr;
 use crate::core::FsCore;
 
 /// Largest piece written at once when zeroing a range.
 const ZERO_PIECE_BYTES: u64 = 1 << 20;
+
+/// One WRITE request, as the kernel sent it.
+pub struct WriteRequest {
+    pub ino: u64,
+    pub fh: u64,
+    pub offset: u64,
+    pub data: Bytes,
+    /// The kernel asks for the set-id bits to go (a direct write without CAP_FSETID).
+    pub kill_set_id: bool,
+    /// The file was opened with O_DIRECT: the kernel's page cache was bypassed.
+    pub direct: bool,
+    pub caller: Caller,
+}
 
 fn sync_flags(flags: i32) -> bool {
     flags & (libc::O_SYNC | libc::O_DSYNC) != 0
@@ -76,6 +90,7 @@ impl FsCore {
         let unchanged = before.as_ref().is_some_and(|b| {
             b.mtime_ns == attr.mtime_ns && b.size_bytes == attr.size_bytes && b.ctime_ns == attr.ctime_ns
         });
+        let keep_cache = unchanged && !self.atime_wanted(&attr);
         if !unchanged {
             self.cache.invalidate(ino);
             if before.is_some()
@@ -90,7 +105,7 @@ impl FsCore {
             .handles
             .open(ino, sync_flags(flags), &self.inodes.write_errors(ino));
         self.inodes.opened(ino);
-        reply.opened(FileHandle(fh), self.open_flags(flags, unchanged));
+        reply.opened(FileHandle(fh), self.open_flags(flags, keep_cache));
     }
 
     pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32, reply: ReplyData) {
@@ -109,6 +124,9 @@ impl FsCore {
             self.read_data(ino, fh, offset, end, known).await
         }
         .await;
+        if result.is_ok() {
+            self.accessed(ino).await;
+        }
         match result {
             Ok(bytes) => reply.data(&bytes),
             Err(error) => reply.error(fail(&error)),
@@ -127,7 +145,10 @@ impl FsCore {
         self.cache.invalidate(ino);
         if sync {
             self.drain(ino).await?;
-            self.data.write(&layout, offset, bytes, true).await?;
+            let stored = self.data.write(&layout, offset, bytes, true).await;
+            // Read-ahead may have fetched the range while the write was on its way.
+            self.cache.invalidate(ino);
+            stored?;
         } else {
             let errors = self.inodes.write_errors(ino);
             self.writeback
@@ -140,20 +161,27 @@ impl FsCore {
         Ok(())
     }
 
-    pub async fn write(&self, ino: u64, fh: u64, offset: u64, data: Bytes, reply: ReplyWrite) {
+    pub async fn write(&self, request: WriteRequest, reply: ReplyWrite) {
         if self.config.read_only {
             return reply.error(Errno::EROFS);
         }
-        let length = data.len() as u32;
+        let WriteRequest { ino, fh, offset, .. } = request;
+        let length = request.data.len() as u32;
         if length == 0 {
             return reply.written(0);
         }
         let sync = self.handles.get(fh).is_some_and(|h| h.sync_writes);
         let result = async {
-            self.write_bytes(ino, offset, data, sync).await?;
+            if request.kill_set_id {
+                self.drop_set_id_bits(ino, request.caller, Privilege::Lacking).await?;
+            }
+            self.write_bytes(ino, offset, request.data, sync).await?;
             if sync {
                 // Like fsync: earlier background failures of this file are reported too.
                 self.commit_for(ino, fh, None).await?;
+            }
+            if request.direct {
+                self.invalidate_kernel_pages(ino, offset, u64::from(length));
             }
             Ok::<(), ClientError>(())
         }
@@ -161,6 +189,19 @@ impl FsCore {
         match result {
             Ok(()) => reply.written(length),
             Err(error) => reply.error(fail(&error)),
+        }
+    }
+
+    /// Drops the kernel's cached pages of a range a direct write just changed (the kernel
+    /// does not when the file system serves direct I/O itself), so that a buffered read
+    /// through another descriptor never returns bytes older than a completed direct write.
+    /// The bytes are already readable from this mount when this runs.
+    fn invalidate_kernel_pages(&self, ino: u64, offset_bytes: u64, length_bytes: u64) {
+        if let Some(notifier) = self.notifier.get() {
+            let (offset, length) = (offset_bytes as i64, length_bytes as i64);
+            if let Err(error) = notifier.inval_inode(fuser::INodeNo(ino), offset, length) {
+                tracing::debug!(ino, %error, "could not drop cached pages after a direct write");
+            }
         }
     }
 
@@ -193,7 +234,7 @@ impl FsCore {
         reply.ok();
     }
 
-    pub async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    pub async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32, caller: Caller, reply: ReplyEmpty) {
         const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
         const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
         const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
@@ -201,6 +242,7 @@ impl FsCore {
             return reply.error(Errno::EROFS);
         }
         let result = async {
+            self.drop_set_id_bits(ino, caller, Privilege::Unknown).await?;
             self.drain(ino).await?;
             let (attr, local) = self.fetch_attr(ino).await?;
             let size = attr.size_bytes.max(local.unwrap_or(0));

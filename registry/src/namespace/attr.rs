@@ -47,7 +47,9 @@ impl Namespace<'_, '_> {
                 ));
             }
             self.charge_bytes(inode.size_bytes, size_bytes)?;
-            if size_bytes != inode.size_bytes && change.mtime.is_none() {
+            // truncate(2) marks the data changed even when the size stays (Linux does): the
+            // size here may be older than what the caller saw, with writes not yet recorded.
+            if change.mtime.is_none() {
                 inode.mtime_ns = self.now_ns;
             }
             inode.size_bytes = size_bytes;
@@ -68,6 +70,16 @@ impl Namespace<'_, '_> {
             inode.mtime_ns = self.resolve(mtime);
         }
         inode.ctime_ns = self.now_ns;
+        self.store_inode(ino, &inode);
+        Ok(InodeAttr { ino, inode })
+    }
+
+    /// An access by a read or a listing: atime becomes now, nothing else changes (an access
+    /// is not a change of the inode, so ctime stays, and relatime's rule "atime not newer
+    /// than mtime or ctime" stops asking for updates until the next change).
+    pub(super) fn accessed(&mut self, ino: u64) -> NsResult<InodeAttr> {
+        let mut inode = self.inode(ino)?;
+        inode.atime_ns = self.now_ns;
         self.store_inode(ino, &inode);
         Ok(InodeAttr { ino, inode })
     }

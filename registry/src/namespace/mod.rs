@@ -82,6 +82,7 @@ pub fn apply(txn: &mut Txn<'_>, volume_id: u64, now_ns: i64, op: &NamespaceOp) -
     let mut ns = Namespace::open(txn, volume_id, now_ns)?;
     match op {
         NamespaceOp::SetAttr { ino, change } => ns.setattr(*ino, change).map(Outcome::Attr),
+        NamespaceOp::Accessed { ino } => ns.accessed(*ino).map(Outcome::Attr),
         NamespaceOp::Create {
             parent,
             name,

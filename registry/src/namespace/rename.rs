@@ -130,7 +130,13 @@ impl Namespace<'_, '_> {
         }
         self.remove_entry(parent, name, &source);
         let mut destination = self.directory(new_parent)?;
-        self.insert_entry(new_parent, &mut destination, new_name, source.ino, source.file_type);
+        if parent == new_parent {
+            // Within one directory the entry keeps its cookie: a listing in progress returns
+            // it once, under its old or its new name, never under both.
+            self.put_entry(new_parent, new_name, source.clone());
+        } else {
+            self.insert_entry(new_parent, &mut destination, new_name, source.ino, source.file_type);
+        }
         if moves_directory {
             destination.nlink += 1;
         }

@@ -83,6 +83,21 @@ impl Namespace for NamespaceService {
 
     async fn set_attr(&self, request: Request<pb::SetAttrRequest>) -> Result<Response<pb::AttrReply>, Status> {
         let r = request.get_ref();
+        if r.access_only {
+            let others = r.mode.is_some()
+                || r.uid.is_some()
+                || r.gid.is_some()
+                || r.size_bytes.is_some()
+                || r.atime.is_some()
+                || r.mtime.is_some();
+            if others {
+                return Err(Status::invalid_argument(
+                    "an access-only setattr changes atime alone: leave the other fields empty",
+                ));
+            }
+            let op = NamespaceOp::Accessed { ino: r.ino };
+            return self.change_attr(&request, r.volume_id, op).await;
+        }
         let change = SetAttr {
             mode: r.mode,
             uid: r.uid,
