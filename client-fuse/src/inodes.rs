@@ -230,8 +230,14 @@ impl InodeTable {
     }
 
     pub fn closed_directory(&self, ino: u64) {
-        let before = self.open_directories.fetch_sub(1, Ordering::Relaxed);
-        assert!(before > 0, "directory {ino} closed more often than opened");
+        // The kernel pairs every RELEASEDIR with an OPENDIR; a stray one must not wrap the
+        // count (or bring down the mount), only be logged.
+        let decremented = self
+            .open_directories
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| open.checked_sub(1));
+        if decremented.is_err() {
+            tracing::warn!(ino, "a directory was released that was not open");
+        }
         self.closed(ino);
     }
 
