@@ -388,11 +388,24 @@ async fn a_killed_mount_daemon_releases_the_mount() {
         fs::write(dir.join("before"), "x")?;
         anyhow::ensure!(is_fuse_mounted(&dir), "mounted at first");
         setup.mount.kill_daemon();
-        wait_for("the dead mount to be released", Duration::from_secs(30), || {
+        let released = wait_for("the dead mount to be released", Duration::from_secs(30), || {
             let mounted = is_fuse_mounted(&dir);
             async move { (!mounted).then_some(()) }
         })
-        .await?;
+        .await;
+        if let Err(error) = released {
+            // Which process keeps the FUSE connection (or fusermount3) alive, for the log.
+            let processes = Command::new("ps")
+                .args(["-eo", "pid,ppid,stat,wchan:32,args"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let related: Vec<&str> = processes
+                .lines()
+                .filter(|l| l.contains("fusermount") || l.contains("shoal"))
+                .collect();
+            anyhow::bail!("{error}\n{}", related.join("\n"));
+        }
         // The directory is an ordinary (empty) directory again, not a dead endpoint.
         let entries = fs::read_dir(&dir)?.count();
         anyhow::ensure!(
