@@ -162,14 +162,7 @@ async fn a_background_write_that_failed_fails_close_and_fsync_of_every_open_file
         Ok(())
     }
     .await;
-    if let Err(error) = result {
-        let logs = format!("{}\n---- mount\n{}", setup.cluster.logs(), setup.mount.log());
-        setup.mount.release();
-        setup.cluster.stop_all();
-        panic!("{error:#}\n{logs}");
-    }
-    setup.mount.release();
-    setup.cluster.stop_all();
+    setup.finish(result);
 }
 
 /// Sets up reproduction 2 up to the point where it went wrong: chain [A, B] with version 1
@@ -630,12 +623,5 @@ async fn an_fsync_after_a_power_loss_that_may_have_lost_its_writes_fails() {
         Ok(())
     }
     .await;
-    if let Err(error) = result {
-        let logs = format!("{}\n---- mount\n{}", setup.cluster.logs(), setup.mount.log());
-        setup.mount.release();
-        setup.cluster.stop_all();
-        panic!("{error:#}\n{logs}");
-    }
-    setup.mount.release();
-    setup.cluster.stop_all();
+    setup.finish(result);
 }
