@@ -1,7 +1,12 @@
 //! Generates Rust code for Shoal's gRPC contracts with a vendored protoc (no system package).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["shoal/registry.proto", "shoal/data.proto"];
+    let protos = [
+        "shoal/registry.proto",
+        "shoal/data.proto",
+        "shoal/agent.proto",
+        "csi/csi.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
@@ -12,6 +17,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_with_config(config, &protos, &["."])?;
+        .compile_with_config(
+            config,
+            &protos,
+            &[
+                ".",
+                protoc_bin_vendored::include_path()?.to_str().ok_or("include path")?,
+            ],
+        )?;
     Ok(())
 }

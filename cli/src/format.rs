@@ -31,14 +31,7 @@ pub fn quota_count(value: u64) -> String {
     }
 }
 
-/// Parses "10G", "512MiB", "1.5TB", "4096": binary units (K, M, G, T = powers of 1024),
-/// because that is what storage quotas are counted in.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    parse_size::Config::new()
-        .with_binary()
-        .parse_size(text)
-        .map_err(|e| format!("invalid size {text:?}: {e} (examples: 10G, 512MiB, 4096)"))
-}
+pub use shoal_client::parse_size;
 
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -51,11 +44,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_parse_in_binary_units() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("10G"), Ok(10 << 30));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert!(parse_size("ten").is_err());
+    fn sizes_print_in_binary_units() {
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(12), "12 B");
     }

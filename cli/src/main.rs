@@ -1,7 +1,9 @@
 //! `shoal`: one binary for every role and every admin task, so one container image serves
 //! every pod and one install serves every node.
 
+mod agent_cmd;
 mod chain_cmd;
+mod csi_cmd;
 mod data_cmd;
 mod files_cmd;
 mod format;
@@ -72,6 +74,10 @@ enum Command {
     Mount(mount_cmd::MountCommand),
     /// Relay clients' data-service connections through this host (`-o gateway=` mounts).
     Gateway(gateway_cmd::GatewayCommand),
+    /// Run the node's mount agent: every Shoal mount of the node in one process, one budget.
+    Agent(agent_cmd::AgentCommand),
+    /// Run the Kubernetes CSI driver (controller or node role).
+    Csi(csi_cmd::CsiCommand),
 }
 
 fn init_logging(default_level: &str) {
@@ -87,7 +93,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let daemon = match &cli.command {
         Command::Registry(command) => command.runs_node(),
-        Command::Data(_) | Command::Up(_) | Command::Gateway(_) => true,
+        Command::Data(_) | Command::Up(_) | Command::Gateway(_) | Command::Csi(_) => true,
+        Command::Agent(command) => command.runs_daemon(),
         Command::Mount(command) => command.runs_daemon(),
         _ => false,
     };
@@ -134,6 +141,8 @@ fn main() -> std::process::ExitCode {
             Command::Ls(command) => command.run().await,
             Command::Cat(command) => command.run().await,
             Command::Gateway(command) => command.run().await,
+            Command::Agent(command) => command.run().await,
+            Command::Csi(command) => command.run().await,
             Command::Mount(_) => unreachable!("mount runs outside the shared runtime"),
         }
     });

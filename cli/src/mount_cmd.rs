@@ -5,9 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use shoal_fuse::{AtimeMode, MountOptions};
+use shoal_fuse::MountOptions;
 
-use crate::{RegistryAddress, format};
+use crate::RegistryAddress;
 
 /// How long the background daemon may take to mount before `shoal mount` gives up.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,64 +39,12 @@ pub struct MountCommand {
     registry: RegistryAddress,
 }
 
-fn seconds(option: &str, value: &str) -> anyhow::Result<Duration> {
-    let seconds: f64 = value
-        .parse()
-        .with_context(|| format!("-o {option}={value}: not a number of seconds"))?;
-    anyhow::ensure!((0.0..86_400.0).contains(&seconds), "-o {option}={value}: out of range");
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-pub fn parse_options(list: &[String], options: &mut MountOptions) -> anyhow::Result<()> {
-    for item in list
-        .iter()
-        .flat_map(|o| o.split(','))
-        .map(str::trim)
-        .filter(|o| !o.is_empty())
-    {
-        let (key, value) = item.split_once('=').unwrap_or((item, ""));
-        match key {
-            "ro" => options.fs.read_only = true,
-            "rw" => options.fs.read_only = false,
-            "allow_other" => options.allow_other = true,
-            "writeback_cache" => options.fs.kernel_writeback_cache = true,
-            "noatime" => options.fs.atime = AtimeMode::NoAtime,
-            "relatime" | "atime" => options.fs.atime = AtimeMode::RelAtime,
-            "strictatime" => options.fs.atime = AtimeMode::StrictAtime,
-            "write_buffer" => {
-                options.fs.write_buffer_bytes = format::parse_size(value).map_err(anyhow::Error::msg)? as usize
-            }
-            "attr_timeout" => options.fs.attr_ttl = seconds(key, value)?,
-            "entry_timeout" => options.fs.entry_ttl = seconds(key, value)?,
-            "retry_timeout" => options.retry_deadline = seconds(key, value)?,
-            "gateway" => {
-                anyhow::ensure!(value.contains(':'), "-o gateway={value}: expected HOST:PORT");
-                options.gateway = Some(value.to_string());
-            }
-            "cache_size" => options.fs.read_cache_bytes = format::parse_size(value).map_err(anyhow::Error::msg)?,
-            "read_ahead" => {
-                options.fs.read_ahead_blocks = value.parse().with_context(|| format!("-o read_ahead={value}"))?
-            }
-            other => bail!("unknown mount option {other:?} (see `shoal mount --help`)"),
-        }
-    }
-    Ok(())
-}
-
 /// True if `dir` is a FUSE mount point now.
 pub fn is_mounted(dir: &Path) -> bool {
     let Ok(dir) = std::fs::canonicalize(dir) else {
         return false;
     };
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    mounts.lines().any(|line| {
-        let mut fields = line.split(' ');
-        let (_, point, kind) = (fields.next(), fields.next(), fields.next());
-        point.is_some_and(|p| p.replace("\\040", " ") == dir.to_string_lossy())
-            && kind.is_some_and(|k| k.starts_with("fuse"))
-    })
+    shoal_client::mountinfo::mount_at(&dir).is_ok_and(|mount| mount.is_some_and(|m| m.fs_type.starts_with("fuse")))
 }
 
 fn default_log(mountpoint: &Path) -> PathBuf {
@@ -133,7 +81,7 @@ impl MountCommand {
             );
         }
         let mut options = MountOptions::new(&self.volume, &mountpoint, self.registry.addresses());
-        parse_options(&self.options, &mut options)?;
+        options.apply_options(&self.options)?;
         if self.foreground {
             return shoal_fuse::run(options, || {}, crate::stop_signal());
         }

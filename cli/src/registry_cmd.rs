@@ -22,8 +22,12 @@ pub struct RegistryCommand {
 #[derive(clap::Args)]
 struct RunArgs {
     /// This node's Raft id (a positive number, never reused for another node).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "pod_index")]
     id: Option<u64>,
+    /// In a Kubernetes StatefulSet: the pod's ordinal (0, 1, 2 …, the label
+    /// apps.kubernetes.io/pod-index); the node's id is the ordinal plus one.
+    #[arg(long, value_name = "N", conflicts_with = "id")]
+    pod_index: Option<u64>,
     /// Address to serve on, e.g. 0.0.0.0:7000.
     #[arg(long, required = true)]
     listen: Option<SocketAddr>,
@@ -126,7 +130,8 @@ fn parse_peer(text: &str) -> anyhow::Result<(u64, String)> {
 }
 
 async fn run_node(args: RunArgs) -> anyhow::Result<()> {
-    let (Some(node_id), Some(listen), Some(data_dir)) = (args.id, args.listen, args.data) else {
+    let id = args.id.or(args.pod_index.map(|index| index + 1));
+    let (Some(node_id), Some(listen), Some(data_dir)) = (id, args.listen, args.data) else {
         bail!("--id, --listen and --data are required to run a registry node");
     };
     if node_id == 0 {

@@ -9,9 +9,11 @@ use futures::FutureExt;
 use shoal_client::proto as pb;
 use shoal_client::{ClientError, DataClient, FileLayout, RegistryClient};
 
+use crate::budget::{MountBudget, ShareRequest};
 use crate::cache::{BLOCK_BYTES, ReadCache};
 use crate::handles::HandleTable;
 use crate::inodes::InodeTable;
+use crate::writes::{MEMORY_PER_BUFFERED_BYTE, MIN_WRITE_FLOOR_BYTES};
 
 /// Settings of one mount.
 #[derive(Clone, Debug)]
@@ -20,7 +22,8 @@ pub struct FsConfig {
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
     pub read_only: bool,
-    /// Memory for read-ahead blocks (0 turns read-ahead off).
+    /// Memory for read-ahead blocks (0 turns read-ahead off). (A mount's memory comes from
+    /// its process's pool, `budget.rs`; these say what it asks for.)
     pub read_cache_bytes: u64,
     /// Most blocks read ahead of a sequential reader.
     pub read_ahead_blocks: u64,
@@ -85,9 +88,45 @@ pub struct FsCore {
     pub writeback: crate::writes::WriteBack,
 }
 
+impl FsConfig {
+    /// The memory a mount of its own (`shoal mount`) sets aside: its whole write buffer as
+    /// the floor, and its read-ahead cache.
+    pub fn own_share(&self, session_threads: usize) -> ShareRequest {
+        let write_bytes = self.write_buffer_memory_bytes();
+        ShareRequest {
+            write_floor_bytes: write_bytes,
+            write_ceiling_bytes: write_bytes,
+            read_cache_bytes: self.read_cache_bytes,
+            session_bytes: session_memory_bytes(session_threads),
+        }
+    }
+
+    /// Memory the write buffer takes when full (each byte is charged twice, see
+    /// [`MEMORY_PER_BUFFERED_BYTE`]).
+    pub fn write_buffer_memory_bytes(&self) -> u64 {
+        (self.write_buffer_bytes as u64 * MEMORY_PER_BUFFERED_BYTE).max(MIN_WRITE_FLOOR_BYTES)
+    }
+}
+
+/// Memory a mount's FUSE session holds for requests: a buffer of the largest request per
+/// session thread.
+pub fn session_memory_bytes(session_threads: usize) -> u64 {
+    const PAGE_BYTES: u64 = 4096;
+    session_threads.max(1) as u64 * (u64::from(crate::fs::MAX_IO_BYTES) + PAGE_BYTES)
+}
+
+impl FsConfig {}
+
 impl FsCore {
-    pub fn new(runtime: tokio::runtime::Handle, data: DataClient, volume_id: u64, config: FsConfig) -> FsCore {
-        let cache = Arc::new(ReadCache::new(config.read_cache_bytes));
+    /// A mount's shared state; its buffers and cache live within `budget`.
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        data: DataClient,
+        volume_id: u64,
+        config: FsConfig,
+        budget: MountBudget,
+    ) -> FsCore {
+        let cache = Arc::new(ReadCache::new(budget.read_cache_bytes()));
         FsCore {
             runtime,
             data,
@@ -99,7 +138,7 @@ impl FsCore {
             notifier: OnceLock::new(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             capabilities: Default::default(),
-            writeback: crate::writes::WriteBack::new(config.write_buffer_bytes, cache),
+            writeback: crate::writes::WriteBack::new(budget, cache),
             config,
         }
     }

@@ -21,7 +21,7 @@ use crate::core::FsCore;
 use crate::ops::{Caller, NewEntry, SetAttrArgs, WriteRequest};
 
 /// Largest read and write request the kernel sends (its own ceiling is 1 MiB).
-const MAX_IO_BYTES: u32 = 1 << 20;
+pub const MAX_IO_BYTES: u32 = 1 << 20;
 /// Asynchronous requests (write-back, read-ahead) the kernel keeps in flight.
 const MAX_BACKGROUND_REQUESTS: u16 = 64;
 const CONGESTION_THRESHOLD: u16 = 48;

@@ -11,8 +11,12 @@
 //! - [`core`]: state shared by requests, commits, reads with read-ahead.
 //! - `ops`: the operations, by kind (entries, directories, files, xattrs).
 //! - [`inodes`], [`handles`], [`cache`]: bounded per-mount state.
+//! - [`budget`]: the memory pool mounts of one process share.
+//! - [`agent`]: `shoal agent`, every Shoal mount of a node in one long-lived process.
 
+pub mod agent;
 pub mod attrs;
+pub mod budget;
 pub mod cache;
 pub mod core;
 pub mod fs;
@@ -23,4 +27,4 @@ mod ops;
 pub mod writes;
 
 pub use crate::core::{AtimeMode, FsConfig};
-pub use mount::{MountOptions, run};
+pub use mount::{FS_NAME_PREFIX, MountOptions, run};

@@ -11,8 +11,11 @@ use fuser::{Config, MountOption, SessionACL};
 use shoal_client::proto as pb;
 use shoal_client::{DataClient, RegistryClient, RetryPolicy};
 
+use crate::budget::{MemoryPool, MountBudget};
 use crate::core::{AtimeMode, FsConfig, FsCore};
 use crate::fs::ShoalFs;
+
+pub use shoal_proto::agent::FS_NAME_PREFIX;
 
 /// How often unrecorded writes older than [`RECORD_AFTER`] get their size recorded.
 const RECORD_INTERVAL: Duration = Duration::from_millis(500);
@@ -57,16 +60,65 @@ impl MountOptions {
     }
 }
 
+fn seconds(option: &str, value: &str) -> anyhow::Result<Duration> {
+    let seconds: f64 = value
+        .parse()
+        .with_context(|| format!("-o {option}={value}: not a number of seconds"))?;
+    anyhow::ensure!((0.0..86_400.0).contains(&seconds), "-o {option}={value}: out of range");
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn size(option: &str, value: &str) -> anyhow::Result<u64> {
+    shoal_client::parse_size(value).map_err(|error| anyhow::anyhow!("-o {option}: {error}"))
+}
+
+impl MountOptions {
+    /// Applies `-o` options (comma-separated, possibly several lists); see `shoal mount
+    /// --help` for the list. An unknown option is an error, never ignored.
+    pub fn apply_options(&mut self, list: &[String]) -> anyhow::Result<()> {
+        for item in list
+            .iter()
+            .flat_map(|o| o.split(','))
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+        {
+            let (key, value) = item.split_once('=').unwrap_or((item, ""));
+            match key {
+                "ro" => self.fs.read_only = true,
+                "rw" => self.fs.read_only = false,
+                "allow_other" => self.allow_other = true,
+                "writeback_cache" => self.fs.kernel_writeback_cache = true,
+                "noatime" => self.fs.atime = AtimeMode::NoAtime,
+                "relatime" | "atime" => self.fs.atime = AtimeMode::RelAtime,
+                "strictatime" => self.fs.atime = AtimeMode::StrictAtime,
+                "write_buffer" => self.fs.write_buffer_bytes = size(key, value)? as usize,
+                "attr_timeout" => self.fs.attr_ttl = seconds(key, value)?,
+                "entry_timeout" => self.fs.entry_ttl = seconds(key, value)?,
+                "retry_timeout" => self.retry_deadline = seconds(key, value)?,
+                "gateway" => {
+                    anyhow::ensure!(value.contains(':'), "-o gateway={value}: expected HOST:PORT");
+                    self.gateway = Some(value.to_string());
+                }
+                "cache_size" => self.fs.read_cache_bytes = size(key, value)?,
+                "read_ahead" => {
+                    self.fs.read_ahead_blocks = value.parse().with_context(|| format!("-o read_ahead={value}"))?
+                }
+                other => anyhow::bail!("unknown mount option {other:?} (see `shoal mount --help`)"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True if `dir` is a mount point now (of anything).
+pub fn is_mount_point(dir: &Path) -> bool {
+    shoal_client::mountinfo::mount_at(dir).is_ok_and(|mount| mount.is_some())
+}
+
 /// The "major:minor" device of the mount at `mountpoint`, from /proc/self/mountinfo. (Not
 /// from stat(2): the mount does not answer until its session loop runs.)
 fn mount_device(mountpoint: &Path) -> Option<String> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = mountpoint.to_string_lossy();
-    mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        (fields.get(4).map(|p| p.replace("\\040", " ")).as_deref() == Some(&*wanted))
-            .then(|| fields.get(2).map(|d| d.to_string()))?
-    })
+    Some(shoal_client::mountinfo::mount_at(mountpoint).ok()??.device)
 }
 
 /// Raises the kernel's read-ahead for this mount's backing device (best effort: root only).
@@ -79,41 +131,80 @@ fn raise_kernel_read_ahead(mountpoint: &Path) {
     }
 }
 
-/// Mounts and serves until the file system is unmounted (`umount DIR`, `fusermount3 -u`),
-/// or `stop` resolves. `ready` is called once the mount is in place.
-pub fn run(
-    options: MountOptions,
-    ready: impl FnOnce(),
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.worker_threads.max(1))
-        .thread_name("shoal-fuse")
-        .enable_all()
-        .build()?;
+/// A mounted volume whose FUSE session is not yet being served.
+pub struct Mounted {
+    session: fuser::Session<ShoalFs>,
+    core: Arc<FsCore>,
+    mountpoint: PathBuf,
+    stop_background: tokio::sync::watch::Sender<bool>,
+}
+
+/// Ends a mount from any thread: [`Mounted::serve`] then returns.
+pub struct Unmounter {
+    mountpoint: PathBuf,
+    session: fuser::SessionUnmounter,
+}
+
+impl Unmounter {
+    pub fn unmount(mut self) {
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounting");
+        // fuser's own unmount only hands an auto-unmount mount to fusermount3, which leaves
+        // a mount alone while its daemon still answers: unmount it here.
+        unmount(&self.mountpoint);
+        if let Err(error) = self.session.unmount() {
+            tracing::warn!(%error, "unmount failed; unmount by hand with `umount -l`");
+        }
+    }
+}
+
+/// Mounts `options.volume` at `options.mountpoint`, its buffers within `budget`; its
+/// requests run on the current tokio runtime (a multi-threaded one). Serve it with
+/// [`Mounted::serve`].
+pub async fn mount(options: &MountOptions, budget: MountBudget) -> anyhow::Result<Mounted> {
     let policy = RetryPolicy {
         deadline: options.retry_deadline,
         ..RetryPolicy::default()
     };
     let registry = RegistryClient::new(options.registry.clone())?.with_policy(policy.clone());
-    let volume = runtime
-        .block_on(registry.get_volume(pb::VolumeName {
+    let volume = registry
+        .get_volume(pb::VolumeName {
             name: options.volume.clone(),
-        }))
+        })
+        .await
         .with_context(|| format!("volume {:?}", options.volume))?;
     let mut data = DataClient::new(registry.clone()).with_policy(policy);
     if let Some(gateway) = &options.gateway {
         data = data.with_gateway(gateway.clone());
     }
+    let runtime = tokio::runtime::Handle::current();
     let core = Arc::new(FsCore::new(
-        runtime.handle().clone(),
+        runtime.clone(),
         data,
         volume.id,
         options.fs.clone(),
+        budget,
     ));
+    let config = session_config(options);
+    let filesystem = ShoalFs::new(core.clone());
+    let session = tokio::task::block_in_place(|| fuser::Session::new(filesystem, &options.mountpoint, &config))
+        .with_context(|| format!("cannot mount on {}", options.mountpoint.display()))?;
+    let _ = core.notifier.set(session.notifier());
+    raise_kernel_read_ahead(&options.mountpoint);
+    tracing::info!(volume = %options.volume, mountpoint = %options.mountpoint.display(), "mounted");
+    let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
+    runtime.spawn(record_sizes(core.clone(), background_stopped.clone()));
+    runtime.spawn(renew_session(core.clone(), background_stopped));
+    Ok(Mounted {
+        session,
+        core,
+        mountpoint: options.mountpoint.clone(),
+        stop_background,
+    })
+}
 
+fn session_config(options: &MountOptions) -> Config {
     let mut mount_options = vec![
-        MountOption::FSName(format!("shoal:{}", options.volume)),
+        MountOption::FSName(format!("{FS_NAME_PREFIX}{}", options.volume)),
         MountOption::Subtype("shoal".into()),
         MountOption::DefaultPermissions,
     ];
@@ -137,33 +228,53 @@ pub fn run(
     config.acl = acl;
     config.n_threads = Some(options.session_threads.max(1));
     config.clone_fd = true;
+    config
+}
 
-    let mut session = fuser::Session::new(ShoalFs::new(core.clone()), &options.mountpoint, &config)
-        .with_context(|| format!("cannot mount on {}", options.mountpoint.display()))?;
-    let _ = core.notifier.set(session.notifier());
-    raise_kernel_read_ahead(&options.mountpoint);
-    tracing::info!(volume = %options.volume, mountpoint = %options.mountpoint.display(), "mounted");
+impl Mounted {
+    pub fn core(&self) -> &Arc<FsCore> {
+        &self.core
+    }
 
-    let (stop_background, background_stopped) = tokio::sync::watch::channel(false);
-    runtime.spawn(record_sizes(core.clone(), background_stopped.clone()));
-    runtime.spawn(renew_session(core.clone(), background_stopped));
-    let mut unmounter = session.unmount_callable();
-    let mountpoint = options.mountpoint.clone();
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            mountpoint: self.mountpoint.clone(),
+            session: self.session.unmount_callable(),
+        }
+    }
+
+    /// Serves the mount's requests on this thread until it is unmounted.
+    pub fn serve(self) -> anyhow::Result<()> {
+        let result = self.session.run();
+        let _ = self.stop_background.send(true);
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        result.context("FUSE session ended with an error")
+    }
+}
+
+/// Mounts and serves until the file system is unmounted (`umount DIR`, `fusermount3 -u`),
+/// or `stop` resolves. `ready` is called once the mount is in place. The mount's memory is
+/// its own (a pool of exactly what it asks for).
+pub fn run(
+    options: MountOptions,
+    ready: impl FnOnce(),
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.worker_threads.max(1))
+        .thread_name("shoal-fuse")
+        .enable_all()
+        .build()?;
+    let share = options.fs.own_share(options.session_threads);
+    let budget = MemoryPool::new(share.reserved_bytes()).reserve(share)?;
+    let mut mounted = runtime.block_on(mount(&options, budget))?;
+    let unmounter = mounted.unmounter();
     runtime.spawn(async move {
         stop.await;
-        tracing::info!("unmounting");
-        // fuser's own unmount only hands an auto-unmount mount to fusermount3, which leaves
-        // a mount alone while its daemon still answers: unmount it here.
-        unmount(&mountpoint);
-        if let Err(error) = unmounter.unmount() {
-            tracing::warn!(%error, "unmount failed; unmount by hand with `umount -l`");
-        }
+        unmounter.unmount();
     });
     ready();
-    let result = session.run();
-    let _ = stop_background.send(true);
-    tracing::info!("unmounted");
-    result.context("FUSE session ended with an error")
+    mounted.serve()
 }
 
 /// Unmounts `mountpoint`: directly when allowed (root), else through `fusermount3 -u`. A

@@ -24,8 +24,8 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use shoal_client::{ClientError, DataClient, FileLayout, FsError};
 
+use crate::budget::{BudgetPermit, MountBudget};
 use crate::cache::ReadCache;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A send in flight: the byte range it covers and its outcome, which several waiters can
 /// await (a later overlapping send, a drain).
@@ -45,7 +45,7 @@ impl InFlight {
 pub const FLUSH_BYTES: usize = 4 << 20;
 
 /// Consecutive bytes not yet sent: where they start, the bytes, and their budget.
-type Buffer = (u64, BytesMut, Vec<OwnedSemaphorePermit>);
+type Buffer = (u64, BytesMut, Vec<BudgetPermit>);
 
 #[derive(Default)]
 struct FileWrites {
@@ -116,33 +116,36 @@ impl WriteErrors {
 
 pub struct WriteBack {
     files: Mutex<HashMap<u64, FileWrites>>,
-    budget: Arc<Semaphore>,
-    budget_bytes: usize,
+    budget: MountBudget,
     /// Read-ahead blocks fetched while a send was on its way hold older bytes: each send
     /// drops the file's blocks once it has landed.
     read_cache: Arc<ReadCache>,
 }
 
-/// Permits are counted in KiB so that a large budget fits the semaphore's range.
-const PERMIT_BYTES: usize = 1024;
+/// Memory a written byte costs: while it is sent it is in memory twice, in its buffer and
+/// in the encoded gRPC message. The budget charges both from the start, so what a mount
+/// holds is what its process uses.
+pub const MEMORY_PER_BUFFERED_BYTE: u64 = 2;
 
-fn permits_for(bytes: usize) -> u32 {
-    bytes.div_ceil(PERMIT_BYTES) as u32
-}
+/// The smallest write-back floor: two full buffers, so one can fill while one is sent.
+pub const MIN_WRITE_FLOOR_BYTES: u64 = 2 * FLUSH_BYTES as u64 * MEMORY_PER_BUFFERED_BYTE;
 
 impl WriteBack {
-    pub fn new(budget_bytes: usize, read_cache: Arc<ReadCache>) -> WriteBack {
-        let budget_bytes = budget_bytes.max(2 * FLUSH_BYTES);
+    pub fn new(budget: MountBudget, read_cache: Arc<ReadCache>) -> WriteBack {
+        assert!(
+            budget.floor_bytes() >= MIN_WRITE_FLOOR_BYTES,
+            "a write-back floor below two buffers would serialize sends"
+        );
         WriteBack {
             files: Mutex::new(HashMap::new()),
-            budget: Arc::new(Semaphore::new(budget_bytes / PERMIT_BYTES)),
-            budget_bytes,
+            budget,
             read_cache,
         }
     }
 
-    pub fn budget_bytes(&self) -> usize {
-        self.budget_bytes
+    /// This mount's share of memory, and what it holds now.
+    pub fn budget(&self) -> &MountBudget {
+        &self.budget
     }
 
     /// Buffers `data` at `offset` of file `ino`; sends the buffer in the background when it
@@ -157,18 +160,14 @@ impl WriteBack {
         data: Bytes,
         errors: &Arc<WriteErrors>,
     ) {
-        let wanted = permits_for(data.len());
-        let permit = match self.budget.clone().try_acquire_many_owned(wanted) {
-            Ok(permit) => permit,
-            Err(_) => {
+        let wanted = data.len() as u64 * MEMORY_PER_BUFFERED_BYTE;
+        let permit = match self.budget.try_acquire(wanted) {
+            Some(permit) => permit,
+            None => {
                 // The budget may be sitting in partly filled buffers of other files: send
                 // them, so waiting here always ends.
                 self.send_all_buffers(data_client);
-                self.budget
-                    .clone()
-                    .acquire_many_owned(wanted)
-                    .await
-                    .expect("the write-back budget is never closed")
+                self.budget.acquire(wanted).await
             }
         };
         let full = {

@@ -16,9 +16,12 @@ pub mod data;
 mod error;
 pub mod file;
 pub mod gateway;
+pub mod mountinfo;
 pub mod path;
 mod registry;
 mod retry;
+pub mod size;
+pub mod unix;
 
 pub use data::{DataClient, FileLayout};
 pub use error::ClientError;
@@ -26,3 +29,4 @@ pub use registry::RegistryClient;
 pub use retry::RetryPolicy;
 pub use shoal_proto::errno::{Errno, FsError};
 pub use shoal_proto::registry as proto;
+pub use size::parse_size;

@@ -6,6 +6,7 @@
 pub mod checksum;
 pub mod errno;
 pub mod leader;
+pub mod volume;
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod data {
@@ -15,6 +16,25 @@ pub mod data {
 #[allow(clippy::all, clippy::pedantic)]
 pub mod registry {
     tonic::include_proto!("shoal.registry");
+}
+
+/// The node agent's API (`shoal agent`, asked by the CSI node plugin to mount and unmount).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod agent {
+    tonic::include_proto!("shoal.agent");
+
+    /// Most mounts one agent serves (a node runs far fewer pods' volumes than this); the
+    /// CSI node plugin tells the scheduler, so no node is asked for more.
+    pub const MAX_MOUNTS: usize = 256;
+    /// A mount's file-system name is this and the volume's name (`shoal:web` in
+    /// mountinfo), so tools and the CSI node plugin can tell which volume a mount serves.
+    pub const FS_NAME_PREFIX: &str = "shoal:";
+}
+
+/// The Container Storage Interface, v1.12 (the subset Shoal serves; see `csi/csi.proto`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
 }
 
 /// Metadata key on a refused data-service request: the chain version the data service

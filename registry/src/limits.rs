@@ -21,16 +21,13 @@ pub const MAX_READDIR_ENTRIES: u32 = 4096;
 /// Most entries one listxattr call returns (bounded by MAX_XATTRS_PER_INODE anyway).
 pub const MAX_LISTXATTR_ENTRIES: usize = MAX_XATTRS_PER_INODE as usize;
 
-/// Longest volume name, in bytes. CSI volume names ("pvc-<uuid>") fit comfortably.
-pub const MAX_VOLUME_NAME_BYTES: usize = 128;
-/// Replication factors a volume may ask for.
-pub const MIN_REPLICAS: u32 = 1;
-pub const MAX_REPLICAS: u32 = 5;
-/// Chunk sizes a volume may ask for (powers of two in this range).
-pub const MIN_CHUNK_SIZE_BYTES: u64 = 64 * 1024;
-pub const MAX_CHUNK_SIZE_BYTES: u64 = 64 * 1024 * 1024;
-/// Most chains one file is striped over.
-pub const MAX_STRIPE_WIDTH: u32 = 64;
+/// What a volume may be created with, and the defaults of a zero field: defined with the
+/// wire contract, since clients check requests against them too.
+pub use shoal_proto::volume::{
+    DEFAULT_CHUNK_SIZE_BYTES, DEFAULT_REPLICAS, DEFAULT_STRIPE_WIDTH, MAX_CHUNK_SIZE_BYTES, MAX_REPLICAS,
+    MAX_STRIPE_WIDTH, MAX_VOLUME_NAME_BYTES, MIN_CHUNK_SIZE_BYTES, MIN_REPLICAS,
+};
+
 /// Most volumes in one cluster.
 pub const MAX_VOLUMES: usize = 10_000;
 /// Most data services in one cluster.
@@ -39,11 +36,6 @@ pub const MAX_DATA_SERVICES: usize = 4096;
 pub const MAX_DISKS_PER_DATA_SERVICE: usize = 64;
 /// Longest free-text field (addresses, zones, disk paths, uuids), in bytes.
 pub const MAX_LABEL_BYTES: usize = 256;
-
-/// Defaults applied when a volume is created without them.
-pub const DEFAULT_REPLICAS: u32 = 3;
-pub const DEFAULT_CHUNK_SIZE_BYTES: u64 = 4 * 1024 * 1024;
-pub const DEFAULT_STRIPE_WIDTH: u32 = 4;
 
 /// Block size reported by statfs.
 pub const STATFS_BLOCK_SIZE_BYTES: u32 = 4096;

@@ -2,6 +2,7 @@
 //! run time, in temporary directories, and stopped by PID when their owner is dropped, even
 //! when a test fails half-way.
 
+pub mod csi;
 mod data;
 mod dump;
 mod fault;

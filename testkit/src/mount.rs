@@ -7,13 +7,10 @@ use crate::{Process, wait_for};
 
 /// True if `dir` is a FUSE mount point now (read from /proc, never by touching the mount).
 pub fn is_fuse_mounted(dir: &Path) -> bool {
-    let wanted = dir.to_string_lossy().to_string();
-    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
-        mounts.lines().any(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            fields.get(1).is_some_and(|p| p.replace("\\040", " ") == wanted)
-                && fields.get(2).is_some_and(|t| t.starts_with("fuse"))
-        })
+    shoal_client::mountinfo::mounts().is_ok_and(|mounts| {
+        mounts
+            .iter()
+            .any(|m| m.mount_point == dir && m.fs_type.starts_with("fuse"))
     })
 }
 

@@ -11,16 +11,9 @@ use crate::namespace::{self, NsError, NsResult};
 use crate::records::{DeletedVolume, VolumeRecord, decode_u64, encode_u64};
 use crate::txn::Txn;
 
-/// Volume names: 1 to 128 bytes of ASCII letters, digits, '.', '_' and '-', starting with a
-/// letter or digit, so they are safe in paths, URLs and Kubernetes object names.
+/// Volume names as [`shoal_proto::volume::is_valid_volume_name`] allows them.
 pub fn validate_name(name: &str) -> Result<(), FsError> {
-    let well_formed = !name.is_empty()
-        && name.len() <= MAX_VOLUME_NAME_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if well_formed {
+    if shoal_proto::volume::is_valid_volume_name(name) {
         return Ok(());
     }
     Err(FsError::new(
