@@ -1090,3 +1090,67 @@ async fn four_volumes(setup: &Setup) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_plugin_killed_in_the_middle_of_a_publish_finishes_it_when_asked_again() {
+    let setup = Setup::start(&[]).await.expect("start");
+    let (setup, result) = killed_mid_publish(setup).await;
+    setup.finish(result);
+}
+
+/// Kills the node plugin at the entry of its `nth` mount(2) call on `target` while it
+/// publishes, restarts it, and publishes again.
+async fn publish_killed_at(
+    setup: &mut Setup,
+    id: &str,
+    pod: &str,
+    readonly: bool,
+    nth: u32,
+) -> anyhow::Result<PathBuf> {
+    let target = setup.node.target_path(pod, id);
+    std::fs::create_dir_all(&target)?;
+    let pid = setup
+        .node
+        .node_plugin
+        .as_ref()
+        .and_then(|p| p.pid())
+        .expect("plugin pid");
+    let log = setup.node.root.join(format!("strace-{pod}.log"));
+    let mut kill = shoal_testkit::KillAt::arm(pid, "mount", &target, nth, &log).await?;
+    let interrupted = setup.publish(id, pod, readonly).await;
+    anyhow::ensure!(interrupted.is_err(), "the publish was cut off: {interrupted:?}");
+    kill.wait_for_kill(Duration::from_secs(10)).await?;
+    drop(kill);
+    setup.node.node_plugin.as_mut().expect("plugin").kill();
+    setup.node.start_node_plugin().await?;
+    anyhow::ensure!(setup.publish(id, pod, readonly).await? == target, "the retried publish");
+    let stacked = setup.mounts().iter().filter(|m| **m == target).count();
+    anyhow::ensure!(stacked == 1, "one mount at the target, not {stacked}");
+    Ok(target)
+}
+
+async fn killed_mid_publish(mut setup: Setup) -> (Setup, anyhow::Result<()>) {
+    let result = async {
+        let id = setup.create("pvc-midway", 0, &[]).await?.volume_id;
+        setup.stage(&id).await?;
+        // Killed before the bind: the retry binds.
+        let writable = publish_killed_at(&mut setup, &id, "pod-rw", false, 1).await?;
+        write_file(&writable.join("through-the-retried-bind"), b"ok")?;
+        // Killed between the bind and the read-only remount: the retry finishes the remount
+        // instead of leaving a writable target or refusing forever.
+        let readonly = publish_killed_at(&mut setup, &id, "pod-ro", true, 2).await?;
+        let refused = std::fs::File::create(readonly.join("new"));
+        anyhow::ensure!(
+            refused.as_ref().err().and_then(std::io::Error::raw_os_error) == Some(libc::EROFS),
+            "the finished read-only publish refuses writes: {refused:?}"
+        );
+        for target in [&writable, &readonly] {
+            setup.unpublish(&id, target).await?;
+        }
+        setup.unstage(&id).await?;
+        anyhow::ensure!(setup.mounts().is_empty(), "nothing left mounted: {:?}", setup.mounts());
+        Ok(())
+    }
+    .await;
+    (setup, result)
+}

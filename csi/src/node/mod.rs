@@ -183,6 +183,15 @@ impl NodeService {
     ) -> Result<(), Status> {
         let staged = mount_at(staging)?.ok_or_else(|| internal("the staging mount vanished", staging.display()))?;
         if let Some(mount) = mount_at(target)? {
+            // A bind of this volume left read-write by a publish that was killed between its
+            // bind and its read-only remount: finish the remount (tightening is always safe).
+            let unfinished = mounts::shoal_volume(&mount) == Some(volume) && read_only && !mount.read_only();
+            if unfinished && mount.device == staged.device {
+                mounts::remount_read_only(target)
+                    .map_err(|error| internal(&format!("cannot make {} read-only", target.display()), error))?;
+                tracing::info!(volume, target = %target.display(), "finished a read-only publish");
+                return Ok(());
+            }
             if mounts::shoal_volume(&mount) != Some(volume) || mount.read_only() != read_only {
                 return Err(Status::already_exists(format!(
                     "{} is already published differently ({} {}, read-only: {}); unpublish it first",

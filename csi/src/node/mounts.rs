@@ -54,14 +54,17 @@ pub async fn health(dir: &Path) -> Health {
 /// kernel ignores MS_RDONLY on the bind itself).
 pub fn bind(source: &Path, target: &Path, read_only: bool) -> nix::Result<()> {
     nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-    if read_only {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(error) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
-            return Err(error);
-        }
+    if read_only && let Err(error) = remount_read_only(target) {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(error);
     }
     Ok(())
+}
+
+/// Makes the bind mount at `target` read-only.
+pub fn remount_read_only(target: &Path) -> nix::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
 }
 
 /// Unmounts everything mounted at `dir`, lazily where a mount is busy or dead (a process
