@@ -960,8 +960,9 @@ async fn agent_restart(mut setup: Setup) -> (Setup, anyhow::Result<()>) {
         let message = stats.volume_condition.map(|c| c.message).unwrap_or_default();
         anyhow::ensure!(message.contains("does not answer"), "the condition says why: {message}");
         setup.node.start_agent().await?;
-        setup.stage(&id).await?;
+        // kubelet may retry only the publish: it repairs the staging mount too.
         setup.publish(&id, "pod-k", false).await?;
+        setup.stage(&id).await?;
         let stats = setup.stats(&id, &target).await?;
         anyhow::ensure!(
             stats.volume_condition.as_ref().is_some_and(|c| !c.abnormal),

@@ -288,14 +288,17 @@ impl Node for NodeService {
         let staging = kubelet_path(&self.config, "staging target path", &request.staging_target_path)?;
         let target = kubelet_path(&self.config, "target path", &request.target_path)?;
         let capability = capability_of(request.volume_capability.as_ref())?;
-        let staged = mount_at(&staging)?;
-        if staged.as_ref().and_then(mounts::shoal_volume) != Some(volume) {
+        let staged = mount_at(&staging)?.is_some_and(|m| mounts::shoal_volume(&m) == Some(volume));
+        // A target that already binds this volume proves it was staged here: a staging mount
+        // released since (its agent died and fusermount3 took the dead mount away) is made
+        // again, as is one whose session died.
+        let published_before = mount_at(&target)?.is_some_and(|m| mounts::shoal_volume(&m) == Some(volume));
+        if !staged && !published_before {
             return Err(Status::failed_precondition(format!(
                 "volume {volume:?} is not staged at {}; call NodeStageVolume first",
                 staging.display()
             )));
         }
-        // A staging mount whose session died is mounted again first.
         self.ensure_staged(volume, &staging, capability::mount_flags(capability)?)
             .await?;
         self.ensure_published(volume, &staging, &target, request.readonly)
