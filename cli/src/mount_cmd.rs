@@ -44,7 +44,7 @@ pub fn is_mounted(dir: &Path) -> bool {
     let Ok(dir) = std::fs::canonicalize(dir) else {
         return false;
     };
-    shoal_client::mountinfo::mount_at(&dir).is_ok_and(|mount| mount.is_some_and(|m| m.fs_type.starts_with("fuse")))
+    shoal_client::mountinfo::is_fuse_mount(&dir)
 }
 
 fn default_log(mountpoint: &Path) -> PathBuf {

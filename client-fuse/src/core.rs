@@ -115,8 +115,6 @@ pub fn session_memory_bytes(session_threads: usize) -> u64 {
     session_threads.max(1) as u64 * (u64::from(crate::fs::MAX_IO_BYTES) + PAGE_BYTES)
 }
 
-impl FsConfig {}
-
 impl FsCore {
     /// A mount's shared state; its buffers and cache live within `budget`.
     pub fn new(

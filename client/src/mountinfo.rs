@@ -77,6 +77,15 @@ pub fn mount_at(dir: &Path) -> std::io::Result<Option<Mount>> {
     Ok(mounts()?.into_iter().rev().find(|mount| mount.mount_point == dir))
 }
 
+/// True if a FUSE file system is mounted at `dir` now, on top or under another mount (read
+/// from the mount table, never by touching the mount, which may be dead).
+pub fn is_fuse_mount(dir: &Path) -> bool {
+    mounts().is_ok_and(|all| {
+        all.iter()
+            .any(|m| m.mount_point == dir && m.fs_type.starts_with("fuse"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,7 @@ use crate::{Process, wait_for};
 
 /// True if `dir` is a FUSE mount point now (read from /proc, never by touching the mount).
 pub fn is_fuse_mounted(dir: &Path) -> bool {
-    shoal_client::mountinfo::mounts().is_ok_and(|mounts| {
-        mounts
-            .iter()
-            .any(|m| m.mount_point == dir && m.fs_type.starts_with("fuse"))
-    })
+    shoal_client::mountinfo::is_fuse_mount(dir)
 }
 
 pub struct FuseMount {
