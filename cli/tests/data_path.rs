@@ -402,6 +402,99 @@ async fn stale_chain_version_is_refused_and_changes_nothing() {
     cluster.stop_all();
 }
 
+/// The framed transport (chunk bytes outside protobuf) refuses what it cannot trust and
+/// goes on serving: a refused call keeps its code and metadata, a wrong preface, a damaged
+/// head and an absurd length close only their own connection, and nothing reaches a chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn framed_calls_refuse_bad_frames_and_keep_serving() {
+    use shoal_client::frames::FrameClient;
+    use shoal_proto::frame::{FrameKind, PREFACE, write_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut cluster = start(3).await;
+    let result = async {
+        let registry = cluster.registry.client();
+        let volume_id = volume(&registry, "framed", 3).await;
+        let attr = new_file(&registry, volume_id, "f").await;
+        let data = DataClient::new(registry.clone());
+        let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
+        let layout = FileLayout::of(volume_id, &attr)?;
+        let table = chain_table(&registry).await;
+        let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
+        let head = chain.head().expect("head");
+        let address = table.address(head).expect("head address").to_string();
+        let frames = FrameClient::new(None);
+        let write = |chain_version: u64, payload_crcs: Vec<u32>| data_pb::WriteRequest {
+            chain_id: chain.id,
+            chain_version,
+            chunk: Some(chunk_id(volume_id, attr.ino, 0)),
+            chunk_size_bytes: layout.chunk_size_bytes,
+            offset: 0,
+            payload_crcs,
+            data: vec![9u8; 4096].into(),
+            sync: true,
+            chunk_version: 0,
+            prior_chunk_version: 0,
+        };
+        let crcs = shoal_proto::checksum::payload_crcs(&[9u8; 4096]);
+        let stale = frames
+            .write(&address, write(chain.version + 5, crcs))
+            .await
+            .expect_err("a stale chain version must be refused");
+        anyhow::ensure!(stale.code() == tonic::Code::FailedPrecondition, "{stale:?}");
+        anyhow::ensure!(
+            stale.metadata().get(shoal_proto::STALE_CHAIN_METADATA_KEY).is_some(),
+            "the stale-chain metadata was lost on the way: {stale:?}"
+        );
+        let damaged = frames
+            .write(&address, write(chain.version, vec![0xdead_beef]))
+            .await
+            .expect_err("a damaged payload must be refused");
+        anyhow::ensure!(damaged.code() == tonic::Code::DataLoss, "{damaged:?}");
+
+        // Raw connections that break the protocol are closed, each on its own.
+        let mut head_bytes = Vec::new();
+        write_frame(&mut head_bytes, FrameKind::Read, b"header", b"").await?;
+        let mut flipped = head_bytes.clone();
+        flipped[20] ^= 0xff;
+        let mut absurd = head_bytes.clone();
+        absurd[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        for (what, preface, frame) in [
+            ("a wrong preface", *b"SHOALXX1", head_bytes.clone()),
+            ("a damaged header", PREFACE, flipped),
+            ("an absurd payload length", PREFACE, absurd),
+        ] {
+            let mut raw = tokio::net::TcpStream::connect(&address).await?;
+            raw.write_all(&preface).await?;
+            raw.write_all(&frame).await?;
+            let mut reply = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut reply)).await;
+            anyhow::ensure!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "{what}: the connection was not closed ({read:?}, {} bytes)",
+                reply.len()
+            );
+        }
+
+        // Nothing reached the chunk, and both transports still serve it.
+        let back = file::read_at(&data, volume_id, &attr, 0, 8192).await?;
+        anyhow::ensure!(back.iter().all(|b| *b == 1), "a refused write changed the file");
+        let framed = frames
+            .read(&address, chunk_read(&chain, volume_id, attr.ino, 0, 8192))
+            .await?;
+        let grpc = member(&table, head)
+            .read(chunk_read(&chain, volume_id, attr.ino, 0, 8192))
+            .await?
+            .into_inner();
+        anyhow::ensure!(framed.data == grpc.data && framed.payload_crcs == grpc.payload_crcs);
+        anyhow::ensure!(framed.data.iter().all(|b| *b == 1), "framed read returned other bytes");
+        Ok(())
+    }
+    .await;
+    fail_with_logs(&mut cluster, result).await;
+    cluster.stop_all();
+}
+
 async fn chunk_counts(cluster: &ShoalCluster) -> anyhow::Result<Vec<u64>> {
     let table = chain_table(&cluster.registry.client()).await;
     let mut counts = Vec::new();

@@ -23,6 +23,7 @@ use shoal_proto::registry as registry_pb;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::chains::{ChainCache, ChainInfo, ChainTable};
+use crate::frames::FrameClient;
 use crate::{ClientError, RegistryClient, RetryPolicy};
 
 /// Largest piece sent in one write or read call.
@@ -115,6 +116,8 @@ pub struct DataClient {
     registry: RegistryClient,
     chains: Arc<ChainCache>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Chunk reads and writes (framed, bytes outside protobuf); the other calls use gRPC.
+    frames: Arc<FrameClient>,
     policy: RetryPolicy,
     max_in_flight: usize,
     /// `host:port` of a `shoal gateway` every data-service connection goes through.
@@ -130,9 +133,16 @@ enum Attempt<T> {
     Retry(String),
 }
 
-fn classify<T>(result: Result<tonic::Response<T>, tonic::Status>, who: &str) -> Attempt<T> {
+/// A chain head as one attempt reaches it: by gRPC, or by frames for chunk bytes.
+struct Head {
+    address: String,
+    grpc: DataServiceClient<Channel>,
+    frames: Arc<FrameClient>,
+}
+
+fn classify<T>(result: Result<T, tonic::Status>, who: &str) -> Attempt<T> {
     match result {
-        Ok(response) => Attempt::Done(response.into_inner()),
+        Ok(reply) => Attempt::Done(reply),
         Err(status) => match FsError::from_status(&status) {
             Some(error) if error.errno != Errno::EIO => Attempt::Fail(ClientError::Fs(error)),
             _ => Attempt::Retry(format!("{who}: {} ({})", status.message(), status.code())),
@@ -146,6 +156,7 @@ impl DataClient {
             chains: Arc::new(ChainCache::new(registry.clone())),
             registry,
             channels: Arc::default(),
+            frames: Arc::new(FrameClient::new(None)),
             policy: RetryPolicy::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             gateway: None,
@@ -165,7 +176,9 @@ impl DataClient {
     /// Sends every data-service connection through the gateway at `address` (see
     /// [`crate::gateway`]) instead of straight to the data service.
     pub fn with_gateway(mut self, address: impl Into<String>) -> DataClient {
-        self.gateway = Some(address.into());
+        let address = address.into();
+        self.frames = Arc::new(FrameClient::new(Some(address.clone())));
+        self.gateway = Some(address);
         self
     }
 
@@ -218,8 +231,8 @@ impl DataClient {
     /// deadline passes.
     async fn at_head<T, F, Fut>(&self, what: &str, chain_id: u64, mut attempt: F) -> Result<T, ClientError>
     where
-        F: FnMut(DataServiceClient<Channel>, ChainInfo) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: FnMut(Head, ChainInfo) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let started = Instant::now();
         let mut attempts = 0u32;
@@ -246,8 +259,8 @@ impl DataClient {
         attempt: &mut F,
     ) -> Result<Attempt<T>, ClientError>
     where
-        F: FnMut(DataServiceClient<Channel>, ChainInfo) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        F: FnMut(Head, ChainInfo) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let Some((head, address)) = chain
             .head()
@@ -255,10 +268,14 @@ impl DataClient {
         else {
             return Ok(Attempt::Retry(format!("chain {} has no reachable head", chain.id)));
         };
-        let client = self.client(&address)?;
         let who = format!("data service {head} at {address}");
+        let target = Head {
+            grpc: self.client(&address)?,
+            address,
+            frames: self.frames.clone(),
+        };
         Ok(
-            match tokio::time::timeout(CALL_TIMEOUT, attempt(client, chain.clone())).await {
+            match tokio::time::timeout(CALL_TIMEOUT, attempt(target, chain.clone())).await {
                 Err(_) => Attempt::Retry(format!("{who}: no answer within {CALL_TIMEOUT:?}")),
                 Ok(result) => classify(result, &who),
             },
@@ -315,7 +332,7 @@ impl DataClient {
             "write of {} bytes to chunk {} of inode {}",
             piece.length, piece.index, layout.ino
         );
-        self.at_head(&what, chain_id, |mut client, chain| {
+        self.at_head(&what, chain_id, |head, chain| {
             let request = pb::WriteRequest {
                 chain_id,
                 chain_version: chain.version,
@@ -328,7 +345,7 @@ impl DataClient {
                 chunk_version: 0,
                 prior_chunk_version: 0,
             };
-            async move { client.write(request).await }
+            async move { head.frames.write(&head.address, request).await }
         })
         .await
         .map(|_| ())
@@ -394,8 +411,7 @@ impl DataClient {
                     offset: piece.offset_in_chunk,
                     length: piece.length as u32,
                 };
-                let mut client = self.client(address)?;
-                let outcome = tokio::time::timeout(CALL_TIMEOUT, client.read(request)).await;
+                let outcome = tokio::time::timeout(CALL_TIMEOUT, self.frames.read(address, request)).await;
                 let who = format!("data service {member} at {address}");
                 match outcome {
                     Err(_) => last_error = format!("{who}: no answer within {CALL_TIMEOUT:?}"),
@@ -471,13 +487,13 @@ impl DataClient {
                 .push(layout.chunk(*index));
         }
         let results = futures::stream::iter(by_chain.into_iter().map(|(chain_id, chunks)| async move {
-            self.at_head("sync", chain_id, |mut client, chain| {
+            self.at_head("sync", chain_id, |mut head, chain| {
                 let request = pb::SyncRequest {
                     chain_id,
                     chain_version: chain.version,
                     chunks: chunks.clone(),
                 };
-                async move { client.sync(request).await }
+                async move { head.grpc.sync(request).await.map(tonic::Response::into_inner) }
             })
             .await
         }))
@@ -508,7 +524,7 @@ impl DataClient {
         }
         let results = futures::stream::iter(work.into_iter().map(|(index, length_bytes, remove)| async move {
             let chain_id = layout.chain_of(index);
-            self.at_head("truncate", chain_id, |mut client, chain| {
+            self.at_head("truncate", chain_id, |mut head, chain| {
                 let request = pb::TruncateRequest {
                     chain_id,
                     chain_version: chain.version,
@@ -518,7 +534,7 @@ impl DataClient {
                     chunk_version: 0,
                     prior_chunk_version: 0,
                 };
-                async move { client.truncate(request).await }
+                async move { head.grpc.truncate(request).await.map(tonic::Response::into_inner) }
             })
             .await
         }))

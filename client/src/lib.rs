@@ -15,6 +15,7 @@ pub mod chains;
 pub mod data;
 mod error;
 pub mod file;
+pub mod frames;
 pub mod gateway;
 pub mod mountinfo;
 pub mod path;

@@ -5,9 +5,11 @@
 //! - [`node`]: request handling: chain checks, replication, copies, repair.
 //! - [`background`]: heartbeats, chain table refresh, filling syncing successors, healing,
 //!   garbage collection.
+//! - [`frames`]: the listener: framed chunk reads and writes beside gRPC on one port.
 //! - [`server`]: startup and registration.
 
 pub mod background;
+pub mod frames;
 pub mod identity;
 mod json_file;
 pub mod locks;

@@ -216,9 +216,12 @@ impl DataNode {
             let mut forward = request;
             forward.chunk_version = version;
             forward.prior_chunk_version = prior;
-            let mut call = tonic::Request::new(forward);
-            call.set_timeout(FORWARD_TIMEOUT);
-            let reply = self.peers.client(&address)?.write(call).await.map(|_| ());
+            let reply = match tokio::time::timeout(FORWARD_TIMEOUT, self.peers.frames.write(&address, forward)).await {
+                Ok(reply) => reply.map(|_| ()),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "the chain did not acknowledge within {FORWARD_TIMEOUT:?}"
+                ))),
+            };
             self.settle_forward(&chain, chunk, next, &address, reply).await?;
         }
         Ok(pb::WriteReply { chunk_version: version })

@@ -1,18 +1,30 @@
-//! Connections to other data services, one lazily connected channel per address.
+//! Connections to other data services: one lazily connected gRPC channel per address, and
+//! a pool of framed connections for forwarded writes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shoal_client::frames::FrameClient;
 use shoal_proto::data::data_service_client::DataServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
 /// Most peer channels kept; a cluster has far fewer data services.
 const MAX_PEERS: usize = 4096;
 
-#[derive(Default)]
 pub struct Peers {
     channels: Mutex<HashMap<String, Channel>>,
+    /// Forwarded writes travel framed, their bytes uncopied (see `shoal_proto::frame`).
+    pub frames: FrameClient,
+}
+
+impl Default for Peers {
+    fn default() -> Peers {
+        Peers {
+            channels: Mutex::default(),
+            frames: FrameClient::new(None),
+        }
+    }
 }
 
 /// A data-service client tuned for bulk transfer.

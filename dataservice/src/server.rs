@@ -10,9 +10,9 @@ use shoal_client::RegistryClient;
 use shoal_proto::data::data_service_server::DataServiceServer;
 use shoal_proto::registry as registry_pb;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::background;
+use crate::frames;
 use crate::node::DataNode;
 use crate::service::DataServiceApi;
 use crate::store::ChunkStore;
@@ -124,7 +124,16 @@ pub async fn start(options: DataServiceOptions) -> anyhow::Result<RunningDataSer
     ));
     tokio::spawn(background::maintenance_loop(node.clone(), stopped.clone()));
     tokio::spawn(background::orphan_sweep_loop(node.clone(), stopped.clone()));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // One port, two transports: framed chunk calls are served by `frames`, HTTP/2 goes on
+    // to tonic.
+    let (grpc_connections, incoming) = tokio::sync::mpsc::channel(frames::GRPC_BACKLOG);
+    tokio::spawn(frames::accept_loop(
+        listener,
+        node.clone(),
+        grpc_connections,
+        stopped.clone(),
+    ));
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming);
     let service = DataServiceServer::new(DataServiceApi::new(node.clone()))
         .max_decoding_message_size(shoal_proto::MAX_MESSAGE_SIZE_BYTES)
         .max_encoding_message_size(shoal_proto::MAX_MESSAGE_SIZE_BYTES);

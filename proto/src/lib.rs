@@ -5,6 +5,7 @@
 
 pub mod checksum;
 pub mod errno;
+pub mod frame;
 pub mod leader;
 pub mod volume;
 
