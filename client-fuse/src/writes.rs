@@ -16,7 +16,8 @@
 //! never consumed by whoever drains: every open file description of the file reports it
 //! once, at its next fsync or close (Linux's `errseq_t`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -27,22 +28,20 @@ use shoal_client::{ClientError, DataClient, FileLayout, FsError};
 use crate::budget::{BudgetPermit, MountBudget};
 use crate::cache::ReadCache;
 
-/// A send in flight: the byte range it covers and its outcome, which several waiters can
-/// await (a later overlapping send, a drain).
+/// A send in flight: where its byte range ends, and its outcome, which several waiters can
+/// await (a later overlapping send, a drain). Listed by (start, send number); a send
+/// removes itself when it has landed or failed.
 struct InFlight {
-    start: u64,
     end: u64,
     done: Shared<BoxFuture<'static, Result<(), FsError>>>,
 }
 
-impl InFlight {
-    fn finished(&self) -> bool {
-        self.done.peek().is_some()
-    }
-}
-
 /// A file's buffer is sent once it holds this much.
 pub const FLUSH_BYTES: usize = 4 << 20;
+/// No send is longer: a buffer grows to at most [`FLUSH_BYTES`], and a single write that
+/// starts one is no longer than FUSE's largest request.
+pub const MAX_SEND_BYTES: usize = FLUSH_BYTES;
+const _: () = assert!(crate::fs::MAX_IO_BYTES as usize <= MAX_SEND_BYTES);
 
 /// Consecutive bytes not yet sent: where they start, the bytes, and their budget.
 type Buffer = (u64, BytesMut, Vec<BudgetPermit>);
@@ -50,9 +49,12 @@ type Buffer = (u64, BytesMut, Vec<BudgetPermit>);
 #[derive(Default)]
 struct FileWrites {
     buffer: Option<Buffer>,
+    /// Where the last buffered write ended: a write starting there continues a stream, and
+    /// its buffer is made large at once (a random write's buffer is only its own size).
+    stream_end: Option<u64>,
     /// Where the file's chunks live (to send its buffer from anywhere).
     layout: Option<FileLayout>,
-    in_flight: Vec<InFlight>,
+    in_flight: BTreeMap<(u64, u64), InFlight>,
     /// Where failed sends are recorded.
     errors: Arc<WriteErrors>,
 }
@@ -114,8 +116,12 @@ impl WriteErrors {
     }
 }
 
+type Files = Arc<Mutex<HashMap<u64, FileWrites>>>;
+
 pub struct WriteBack {
-    files: Mutex<HashMap<u64, FileWrites>>,
+    files: Files,
+    /// Numbers sends, to tell apart two in flight from the same offset.
+    sends: AtomicU64,
     budget: MountBudget,
     /// Read-ahead blocks fetched while a send was on its way hold older bytes: each send
     /// drops the file's blocks once it has landed.
@@ -137,7 +143,8 @@ impl WriteBack {
             "a write-back floor below two buffers would serialize sends"
         );
         WriteBack {
-            files: Mutex::new(HashMap::new()),
+            files: Files::default(),
+            sends: AtomicU64::new(0),
             budget,
             read_cache,
         }
@@ -173,7 +180,6 @@ impl WriteBack {
         let full = {
             let mut files = self.files.lock().expect("write-back lock poisoned");
             let file = files.entry(ino).or_default();
-            reap(file);
             file.errors = errors.clone();
             let continues = file.buffer.as_ref().is_some_and(|(start, bytes, _)| {
                 start + bytes.len() as u64 == offset && bytes.len() + data.len() <= FLUSH_BYTES
@@ -183,9 +189,15 @@ impl WriteBack {
                 full = file.buffer.take();
             }
             file.layout = Some(layout.clone());
+            let capacity = if file.stream_end == Some(offset) {
+                FLUSH_BYTES.max(data.len())
+            } else {
+                data.len()
+            };
+            file.stream_end = Some(offset + data.len() as u64);
             let (_, bytes, permits) = file
                 .buffer
-                .get_or_insert_with(|| (offset, BytesMut::with_capacity(FLUSH_BYTES), Vec::new()));
+                .get_or_insert_with(|| (offset, BytesMut::with_capacity(capacity), Vec::new()));
             bytes.extend_from_slice(&data);
             permits.push(permit);
             if full.is_none() && bytes.len() >= FLUSH_BYTES {
@@ -217,16 +229,23 @@ impl WriteBack {
     fn send(&self, data_client: &DataClient, layout: &FileLayout, ino: u64, buffer: Buffer) {
         let (start, bytes, permits) = buffer;
         let end = start + bytes.len() as u64;
+        assert!(
+            !bytes.is_empty() && bytes.len() <= MAX_SEND_BYTES,
+            "a send of {} bytes",
+            bytes.len()
+        );
         let (client, layout, read_cache) = (data_client.clone(), layout.clone(), self.read_cache.clone());
+        let key = (start, self.sends.fetch_add(1, Ordering::Relaxed));
+        let files_for_send = self.files.clone();
         let mut files = self.files.lock().expect("write-back lock poisoned");
         let file = files.entry(ino).or_default();
-        reap(file);
         let errors = file.errors.clone();
+        // Every send starts at most MAX_SEND_BYTES before the end of one it overlaps.
         let earlier: Vec<_> = file
             .in_flight
-            .iter()
-            .filter(|sent| sent.start < end && start < sent.end)
-            .map(|sent| sent.done.clone())
+            .range((start.saturating_sub(MAX_SEND_BYTES as u64), 0)..(end, 0))
+            .filter(|(_, sent)| start < sent.end)
+            .map(|(_, sent)| sent.done.clone())
             .collect();
         let done = async move {
             for overlapping in earlier {
@@ -235,6 +254,7 @@ impl WriteBack {
             let result = client.write(&layout, start, bytes.freeze(), false).await;
             read_cache.invalidate(ino);
             drop(permits);
+            forget_send(&files_for_send, ino, key);
             result.map_err(|error| {
                 let error = FsError::new(error.errno(), error.to_string());
                 tracing::warn!(ino = layout.ino, start, end, %error, "a buffered write failed; the file's next fsync or close reports it");
@@ -244,9 +264,16 @@ impl WriteBack {
         }
         .boxed()
         .shared();
+        file.in_flight.insert(
+            key,
+            InFlight {
+                end,
+                done: done.clone(),
+            },
+        );
+        drop(files);
         // Runs whether or not anyone waits for it.
-        tokio::spawn(done.clone());
-        file.in_flight.push(InFlight { start, end, done });
+        tokio::spawn(done);
     }
 
     /// True if `ino` has bytes buffered or in flight.
@@ -255,7 +282,7 @@ impl WriteBack {
             .lock()
             .expect("write-back lock poisoned")
             .get(&ino)
-            .is_some_and(|f| f.buffer.is_some() || f.in_flight.iter().any(|t| !t.finished()))
+            .is_some_and(|f| f.buffer.is_some() || !f.in_flight.is_empty())
     }
 
     /// Sends what `ino` has buffered and waits for all its writes to land or fail (failures
@@ -288,25 +315,31 @@ impl WriteBack {
             let files = self.files.lock().expect("write-back lock poisoned");
             files
                 .get(&ino)
-                .map(|file| file.in_flight.iter().map(|sent| sent.done.clone()).collect())
+                .map(|file| file.in_flight.values().map(|sent| sent.done.clone()).collect())
                 .unwrap_or_default()
         };
         for done in sends {
             let _ = done.await;
         }
         let mut files = self.files.lock().expect("write-back lock poisoned");
-        let Some(file) = files.get_mut(&ino) else { return Ok(()) };
-        reap(file);
-        if file.buffer.is_none() && file.in_flight.is_empty() {
+        if files
+            .get(&ino)
+            .is_some_and(|file| file.buffer.is_none() && file.in_flight.is_empty())
+        {
             files.remove(&ino);
         }
         Ok(())
     }
 }
 
-/// Forgets finished sends (their failures are already recorded).
-fn reap(file: &mut FileWrites) {
-    file.in_flight.retain(|sent| !sent.finished());
+/// Forgets a send that has landed or failed (a failure is recorded in the file's
+/// [`WriteErrors`] by then); waiters that took its outcome earlier still get it.
+fn forget_send(files: &Files, ino: u64, key: (u64, u64)) {
+    let mut files = files.lock().expect("write-back lock poisoned");
+    if let Some(file) = files.get_mut(&ino) {
+        let forgotten = file.in_flight.remove(&key);
+        assert!(forgotten.is_some(), "a send listed once is forgotten once");
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,10 +18,15 @@ use shoal_proto::data::{CallStatus, ReadReply, ReadRequest, WriteReply, WriteReq
 use shoal_proto::frame::{self, Frame, FrameKind, PREFACE};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tonic::Status;
 
-/// Idle connections kept per data service: more than the calls one client keeps in flight.
-const MAX_IDLE_PER_ADDRESS: usize = 64;
+/// Calls in flight to one data service; more wait for one of them to end. It bounds the
+/// connections a client opens to a data service (a data service has one lock per chunk, so
+/// more calls at once than it has busy chunks would only queue there).
+pub const MAX_CALLS_PER_ADDRESS: usize = 64;
+/// Idle connections kept per data service: as many as there can be calls.
+const MAX_IDLE_PER_ADDRESS: usize = MAX_CALLS_PER_ADDRESS;
 /// Data services with idle connections kept; a cluster has far fewer.
 const MAX_ADDRESSES: usize = 4096;
 /// An idle connection older than this is closed instead of reused. It is well inside the
@@ -47,6 +52,8 @@ pub struct FrameClient {
     /// `host:port` of a `shoal gateway` every connection is tunnelled through.
     gateway: Option<String>,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Permits for calls in flight, per data service.
+    calls: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 fn unavailable(address: &str, error: &io::Error) -> Status {
@@ -69,6 +76,7 @@ impl FrameClient {
         FrameClient {
             gateway,
             idle: Mutex::default(),
+            calls: Mutex::default(),
         }
     }
 
@@ -94,6 +102,11 @@ impl FrameClient {
     /// One call: a reply frame, or the status the data service refused it with. A pooled
     /// connection the data service has closed meanwhile is replaced once, at once.
     async fn call(&self, address: &str, kind: FrameKind, header: &[u8], payload: &[u8]) -> Result<Frame, Status> {
+        let _permit = self
+            .permits(address)
+            .acquire_owned()
+            .await
+            .expect("call permits are never closed");
         let (mut connection, reused) = match self.take_idle(address) {
             Some(connection) => (connection, true),
             None => (self.connect(address).await?, false),
@@ -139,6 +152,18 @@ impl FrameClient {
             })?
             .map_err(|error| unavailable(address, &error))?;
         Ok(BufReader::with_capacity(READ_BUFFER_BYTES, stream))
+    }
+
+    fn permits(&self, address: &str) -> Arc<Semaphore> {
+        let mut calls = self.calls.lock().expect("frame call lock poisoned");
+        if !calls.contains_key(address) && calls.len() >= MAX_ADDRESSES {
+            // Only addresses with no call in flight are forgotten.
+            calls.retain(|_, permits| permits.available_permits() < MAX_CALLS_PER_ADDRESS);
+        }
+        calls
+            .entry(address.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_CALLS_PER_ADDRESS)))
+            .clone()
     }
 
     fn take_idle(&self, address: &str) -> Option<Connection> {
