@@ -378,7 +378,7 @@ impl DataNode {
             Ok(Some(result)) => {
                 Stats::add(&self.stats.bytes_read, length);
                 Ok(pb::ReadReply {
-                    payload_crcs: store::payload_crcs(&result.data),
+                    payload_crcs: result.payload_crcs,
                     data: result.data.into(),
                     chunk_version: result.version,
                     chunk_length_bytes: result.length_bytes,
@@ -524,7 +524,7 @@ impl DataNode {
                     .await
                     .map_err(|e| StoreError::Metadata(e.to_string()))??;
                 let message = pb::ChunkCopy {
-                    payload_crcs: store::payload_crcs(&read.data),
+                    payload_crcs: read.payload_crcs,
                     data: read.data.into(),
                     data_offset: offset,
                     last: offset + piece == length,

@@ -30,9 +30,12 @@
 //! Invariant: a frame's lengths are checked against [`MAX_HEADER_BYTES`] and
 //! [`crate::MAX_DATA_PAYLOAD_BYTES`] before anything is allocated for it.
 
+use std::alloc::Layout;
 use std::io::{self, IoSlice};
+use std::ptr::NonNull;
 
-use bytes::{Bytes, BytesMut};
+use bytes::buf::UninitSlice;
+use bytes::{BufMut, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::data::{CallStatus, StatusEntry};
@@ -141,22 +144,96 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Opti
     }))
 }
 
-/// Reads exactly `length` bytes into a fresh buffer, without zeroing it first.
+/// Reads exactly `length` bytes into a fresh page-aligned buffer, without zeroing it first.
 async fn read_payload<R: AsyncRead + Unpin>(reader: &mut R, length: usize) -> io::Result<Bytes> {
-    let mut payload = BytesMut::with_capacity(length);
+    if length == 0 {
+        return Ok(Bytes::new());
+    }
+    let mut payload = AlignedBuf::with_capacity(length);
     // Each pass reads at least one byte or fails, so this ends within `length` passes.
-    while payload.len() < length {
-        let wanted = (length - payload.len()) as u64;
+    while payload.len < length {
+        let wanted = (length - payload.len) as u64;
         let read = (&mut *reader).take(wanted).read_buf(&mut payload).await?;
         if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("connection closed {} bytes into a {length}-byte payload", payload.len()),
+                format!("connection closed {} bytes into a {length}-byte payload", payload.len),
             ));
         }
     }
-    assert_eq!(payload.len(), length, "a payload read past its frame");
-    Ok(payload.freeze())
+    assert_eq!(payload.len, length, "a payload read past its frame");
+    Ok(Bytes::from_owner(payload))
+}
+
+/// Alignment of every payload read from a frame: a page, so a data service can hand a
+/// received write to the disk as it is, past the page cache (O_DIRECT).
+pub const PAYLOAD_ALIGN_BYTES: usize = 4096;
+
+/// A fixed-capacity, page-aligned byte buffer, filled front to back.
+///
+/// Invariant: bytes `..len` are initialized; `len <= capacity`.
+struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    capacity: usize,
+}
+
+// SAFETY: the buffer owns its allocation and hands out no aliases but through `&self` /
+// `&mut self`.
+unsafe impl Send for AlignedBuf {}
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    fn layout(capacity: usize) -> Layout {
+        Layout::from_size_align(capacity, PAYLOAD_ALIGN_BYTES).expect("payload sizes are bounded")
+    }
+
+    fn with_capacity(capacity: usize) -> AlignedBuf {
+        assert!(
+            capacity > 0 && capacity <= crate::MAX_DATA_PAYLOAD_BYTES,
+            "a payload buffer of {capacity} bytes"
+        );
+        let layout = Self::layout(capacity);
+        // SAFETY: the layout's size is not zero (asserted above).
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf { ptr, len: 0, capacity }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_capacity` with this very layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: bytes `..len` are initialized (the type's invariant).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: `chunk_mut` exposes exactly the unfilled tail `len..capacity`, and
+// `advance_mut` moves `len` only within it.
+unsafe impl BufMut for AlignedBuf {
+    fn remaining_mut(&self) -> usize {
+        self.capacity - self.len
+    }
+
+    unsafe fn advance_mut(&mut self, count: usize) {
+        assert!(count <= self.capacity - self.len, "advanced past the buffer's end");
+        self.len += count;
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        // SAFETY: the range lies within the allocation; it may be uninitialized, which
+        // `UninitSlice` allows.
+        unsafe { UninitSlice::from_raw_parts_mut(self.ptr.as_ptr().add(self.len), self.capacity - self.len) }
+    }
 }
 
 /// Writes one frame: head and header and payload in as few system calls as the socket
@@ -245,6 +322,11 @@ mod tests {
         assert_eq!(frame.kind, FrameKind::Write);
         assert_eq!(&frame.header[..], b"header");
         assert_eq!(&frame.payload[..], &payload[..]);
+        assert_eq!(
+            frame.payload.as_ptr() as usize % PAYLOAD_ALIGN_BYTES,
+            0,
+            "payloads are page-aligned"
+        );
         let empty = round_trip(FrameKind::Reply, b"", b"").await;
         assert!(empty.header.is_empty() && empty.payload.is_empty());
     }

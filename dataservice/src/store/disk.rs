@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +32,8 @@ pub struct Disk {
     /// Makes the names of received copies unique, so two copies of one chunk never share
     /// a file.
     next_incoming: AtomicU64,
+    /// The disk's file system takes O_DIRECT writes (ext4 and xfs do; tmpfs may not).
+    direct_io: bool,
 }
 
 /// The file-name suffix of a copy being received.
@@ -38,6 +41,19 @@ pub const INCOMING_SUFFIX: &str = "incoming";
 
 /// Chunk files are spread over 256 subdirectories (`chunks/00` to `chunks/ff`).
 const SUBDIR_MASK: u32 = 0xff;
+
+/// Whether files under `root` can be opened with O_DIRECT.
+fn probe_direct_io(root: &Path) -> bool {
+    let probe = root.join("direct-io-probe");
+    let opened = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(&probe);
+    let _ = fs::remove_file(&probe);
+    opened.is_ok()
+}
 
 fn corrupt(error: String) -> StoreError {
     StoreError::Metadata(error)
@@ -65,12 +81,30 @@ impl Disk {
         if created_any {
             File::open(&chunk_dir)?.sync_all()?;
         }
+        let direct_io = probe_direct_io(root);
+        if !direct_io {
+            tracing::info!(disk = %root.display(), "the file system takes no O_DIRECT writes; chunks are written through the page cache");
+        }
         Ok(Disk {
             root: root.to_path_buf(),
             chunk_dir,
             engine: Box::new(engine),
             next_incoming: AtomicU64::new(0),
+            direct_io,
         })
+    }
+
+    /// A chunk's file opened for writes that bypass the page cache, if this disk allows
+    /// them. The file must exist (a write opens it the ordinary way first).
+    pub fn open_chunk_direct(&self, chunk: &ChunkId) -> io::Result<Option<File>> {
+        if !self.direct_io {
+            return Ok(None);
+        }
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(self.chunk_path(chunk))
+            .map(Some)
     }
 
     /// Files of copies being received when the service stopped (none is in use yet: call

@@ -35,6 +35,11 @@ pub const MAX_CHUNK_SIZE_BYTES: u64 = 64 << 20;
 pub const MAX_LISTED_CHUNKS: usize = 4096;
 /// Largest single write.
 pub const MAX_WRITE_BYTES: usize = shoal_proto::MAX_DATA_PAYLOAD_BYTES;
+/// Smallest aligned span written past the page cache (O_DIRECT): large writes skip a copy
+/// into cache pages and leave no dirty pages behind; small ones would wait for the disk.
+pub const MIN_DIRECT_WRITE_BYTES: u64 = 256 << 10;
+const _: () = assert!(MIN_DIRECT_WRITE_BYTES.is_multiple_of(BLOCK_SIZE_BYTES as u64));
+const _: () = assert!(shoal_proto::frame::PAYLOAD_ALIGN_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
 // One write's blocks always fit a fresh unsynced record.
 const _: () = assert!(MAX_WRITE_BYTES / BLOCK_SIZE_BYTES <= meta::MAX_UNSYNCED_BLOCKS);
 const _: () = assert!(MAX_CHUNK_SIZE_BYTES as usize >= MAX_WRITE_BYTES);
@@ -105,6 +110,8 @@ struct BlockUpdate {
 #[derive(Debug)]
 pub struct ReadResult {
     pub data: Vec<u8>,
+    /// CRCs of `data` in 4 KiB pieces, for the reader to check end to end.
+    pub payload_crcs: Vec<u32>,
     pub version: u64,
     pub length_bytes: u64,
 }
@@ -270,6 +277,10 @@ impl ChunkStore {
         }
         .map_err(io_error("open chunk", &path))?;
         let updates = Self::plan_write(&chunk, &path, &file, &op, old_length, &groups)?;
+        let direct = match Self::direct_span(&op, &updates) {
+            Some(_) => disk.open_chunk_direct(&chunk).map_err(io_error("open chunk", &path))?,
+            None => None,
+        };
         let unsynced = self.unsynced_for(disk, &chunk, &file, old_length, &groups, &updates)?;
         let keeps_durable_bytes = updates
             .iter()
@@ -287,7 +298,7 @@ impl ChunkStore {
             Durability::Buffered
         };
         disk.engine().write(batch, durability)?;
-        if let Err(error) = Self::write_blocks(&file, &op, &updates) {
+        if let Err(error) = Self::write_blocks(&file, direct.as_ref(), &op, &updates) {
             // Put the checksums back in line with what reached the file.
             let recovered = recovery::recover_chunk(disk, &chunk);
             tracing::warn!(%chunk, ?recovered, "a write failed part-way; its chunk was verified again");
@@ -430,26 +441,54 @@ impl ChunkStore {
         Ok(updates)
     }
 
-    /// Writes the planned blocks: merged partial blocks whole, the rest straight from the
-    /// payload.
-    fn write_blocks(file: &File, op: &WriteOp<'_>, updates: &[BlockUpdate]) -> io::Result<()> {
+    /// The range of the chunk written straight from the payload (between merged partial
+    /// blocks at either end), if any.
+    fn payload_span(op: &WriteOp<'_>, updates: &[BlockUpdate]) -> Option<(u64, u64)> {
         let block = BLOCK_SIZE_BYTES as u64;
         let end = op.offset + op.data.len() as u64;
         let (mut from, mut to) = (op.offset, end);
         let first = updates.first().expect("a write changes at least one block");
+        if first.merged.is_some() {
+            from = end.min((first.block + 1) * block);
+        }
+        let last = updates.last().expect("a write changes at least one block");
+        if updates.len() > 1 && last.merged.is_some() {
+            to = last.block * block;
+        }
+        (from < to).then_some((from, to))
+    }
+
+    /// The payload span, if it can go to the disk past the page cache: large (small random
+    /// writes are cheaper through the cache, which the maintenance sync flushes later),
+    /// and aligned in the file and in memory as O_DIRECT requires.
+    fn direct_span(op: &WriteOp<'_>, updates: &[BlockUpdate]) -> Option<(u64, u64)> {
+        let (from, to) = Self::payload_span(op, updates)?;
+        let align = BLOCK_SIZE_BYTES as u64;
+        let address = op.data.as_ptr() as u64 + (from - op.offset);
+        let aligned = from.is_multiple_of(align) && to.is_multiple_of(align) && address.is_multiple_of(align);
+        (aligned && to - from >= MIN_DIRECT_WRITE_BYTES).then_some((from, to))
+    }
+
+    /// Writes the planned blocks: merged partial blocks whole, the rest straight from the
+    /// payload (through `direct` where [`Self::direct_span`] allows).
+    fn write_blocks(file: &File, direct: Option<&File>, op: &WriteOp<'_>, updates: &[BlockUpdate]) -> io::Result<()> {
+        let block = BLOCK_SIZE_BYTES as u64;
+        let first = updates.first().expect("a write changes at least one block");
         if let Some(merged) = &first.merged {
             file.write_all_at(merged, first.block * block)?;
-            from = end.min((first.block + 1) * block);
         }
         let last = updates.last().expect("a write changes at least one block");
         if updates.len() > 1
             && let Some(merged) = &last.merged
         {
             file.write_all_at(merged, last.block * block)?;
-            to = last.block * block;
         }
-        if from < to {
-            file.write_all_at(&op.data[(from - op.offset) as usize..(to - op.offset) as usize], from)?;
+        if let Some((from, to)) = Self::payload_span(op, updates) {
+            let bytes = &op.data[(from - op.offset) as usize..(to - op.offset) as usize];
+            match direct.filter(|_| Self::direct_span(op, updates).is_some()) {
+                Some(direct) => direct.write_all_at(bytes, from)?,
+                None => file.write_all_at(bytes, from)?,
+            }
         }
         Ok(())
     }
@@ -497,20 +536,21 @@ impl ChunkStore {
     /// Reads `length` bytes at `offset`, verifying every stored block it touches.
     pub fn read(&self, chunk: ChunkId, offset: u64, length: u64) -> StoreResult<ReadResult> {
         let disk = self.disk(&chunk);
+        let zeros = |version, length_bytes| {
+            let data = vec![0u8; length as usize];
+            ReadResult {
+                payload_crcs: payload_crcs(&data),
+                data,
+                version,
+                length_bytes,
+            }
+        };
         let Some(meta) = disk.meta(&chunk)? else {
-            return Ok(ReadResult {
-                data: vec![0; length as usize],
-                version: 0,
-                length_bytes: 0,
-            });
+            return Ok(zeros(0, 0));
         };
         let valid_end = (offset + length).min(meta.length_bytes);
         if valid_end <= offset {
-            return Ok(ReadResult {
-                data: vec![0u8; length as usize],
-                version: meta.version,
-                length_bytes: meta.length_bytes,
-            });
+            return Ok(zeros(meta.version, meta.length_bytes));
         }
         let path = disk.chunk_path(&chunk);
         let block = BLOCK_SIZE_BYTES as u64;
@@ -539,11 +579,39 @@ impl ChunkStore {
         }
         span.truncate(count);
         span.resize(length as usize, 0);
+        let crcs = if from == 0 {
+            Self::aligned_reply_crcs(&groups, first_block, end_block, &span)
+        } else {
+            payload_crcs(&span)
+        };
+        assert_eq!(
+            crcs.len(),
+            span.len().div_ceil(BLOCK_SIZE_BYTES),
+            "{chunk}: one reply checksum per 4 KiB piece"
+        );
         Ok(ReadResult {
             data: span,
+            payload_crcs: crcs,
             version: meta.version,
             length_bytes: meta.length_bytes,
         })
+    }
+
+    /// The reply's piece checksums of a read that starts on a block: a whole piece is a
+    /// verified block, zero-padded past the chunk's end as a block's checksum is, so its
+    /// stored checksum is the piece's and the bytes need no second pass. Other pieces (a
+    /// short last one, blocks never written) are computed.
+    fn aligned_reply_crcs(groups: &BTreeMap<u64, CrcGroup>, first_block: u64, end_block: u64, data: &[u8]) -> Vec<u32> {
+        data.chunks(BLOCK_SIZE_BYTES)
+            .enumerate()
+            .map(|(i, piece)| {
+                let b = first_block + i as u64;
+                match Self::stored_crc(groups, b) {
+                    Some(stored) if piece.len() == BLOCK_SIZE_BYTES && b < end_block => stored,
+                    _ => crc(piece),
+                }
+            })
+            .collect()
     }
 
     /// Reads the whole chunk, checking every block (an error names the first damaged one).

@@ -62,8 +62,12 @@ proptest! {
             prop_assert_eq!(whole.length_bytes, model.len() as u64);
             prop_assert_eq!(&whole.data[..model.len()], &model[..]);
             prop_assert!(whole.data[model.len()..].iter().all(|b| *b == 0), "bytes past the end read as zeros");
+            prop_assert_eq!(&whole.payload_crcs, &payload_crcs(&whole.data), "reply checksums from stored ones");
+            let aligned = store.read(CHUNK, 4096, 3 * 4096).unwrap();
+            prop_assert_eq!(&aligned.payload_crcs, &payload_crcs(&aligned.data));
             let middle = store.read(CHUNK, 1000, 5000).unwrap();
             let expected: Vec<u8> = (1000..6000).map(|i| model.get(i).copied().unwrap_or(0)).collect();
+            prop_assert_eq!(&middle.payload_crcs, &payload_crcs(&middle.data));
             prop_assert_eq!(middle.data, expected);
         }
     }
