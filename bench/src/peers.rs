@@ -41,13 +41,72 @@ pub struct PeersArgs {
 /// Bound on a peer's install and start (a first install downloads packages).
 const START_TIMEOUT: Duration = Duration::from_secs(900);
 
+/// What a target is, for the ratio rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Shoal {
+        replicas: u32,
+    },
+    /// A peer that keeps several copies (MooseFS goal 3, GlusterFS replica 3).
+    Replicated,
+    /// JuiceFS with a local file store: one copy.
+    OneCopy,
+}
+
+/// CPU seconds per GiB moved by one job: all the target's processes, and its client (the
+/// FUSE daemon) alone.
+#[derive(Clone, Copy)]
+struct Cpu {
+    all_per_gib: f64,
+    client_per_gib: f64,
+}
+
 struct Row {
     name: String,
-    is_shoal: bool,
+    class: Class,
     figures: Vec<Option<f64>>,
-    /// CPU seconds per GiB written in J1x1, summed over the target's processes.
-    write_cpu_per_gib: Option<f64>,
+    /// J1x1 (1 GiB written).
+    write_cpu: Option<Cpu>,
+    /// J2x1 (the same GiB read back, caches dropped).
+    read_cpu: Option<Cpu>,
     failure: Option<String>,
+}
+
+impl Row {
+    fn new(name: String, class: Class, jobs: usize) -> Row {
+        Row {
+            name,
+            class,
+            figures: vec![None; jobs],
+            write_cpu: None,
+            read_cpu: None,
+            failure: None,
+        }
+    }
+}
+
+/// The processes whose CPU a target is charged: all of them, and which are its client.
+struct Pids {
+    all: Vec<u32>,
+    client: Vec<u32>,
+}
+
+/// FUSE daemons of the peers, by executable name (the rest are servers).
+const PEER_CLIENTS: [&str; 3] = ["mfsmount", "glusterfs", "juicefs"];
+
+impl Pids {
+    /// A peer's recorded processes, its client told apart by name.
+    fn of_peer(all: Vec<u32>) -> Pids {
+        let client = all
+            .iter()
+            .copied()
+            .filter(|pid| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                PEER_CLIENTS.contains(&comm.trim())
+            })
+            .collect();
+        Pids { all, client }
+    }
 }
 
 fn peers_dir() -> PathBuf {
@@ -86,14 +145,23 @@ fn recorded_pids(work: &Path) -> Vec<u32> {
         .collect()
 }
 
-fn run_jobs(jobs_dir: &Path, jobs: &[&fio::Job], dir: &Path, pids: &[u32], row: &mut Row) -> anyhow::Result<()> {
+fn run_jobs(jobs_dir: &Path, jobs: &[&fio::Job], dir: &Path, pids: &Pids, row: &mut Row) -> anyhow::Result<()> {
     for (column, job) in jobs.iter().enumerate() {
         eprint!("  {} ... ", job.name);
-        let cpu_before = crate::fuse::cpu_seconds(pids);
+        let (all_before, client_before) = (
+            crate::fuse::cpu_seconds(&pids.all),
+            crate::fuse::cpu_seconds(&pids.client),
+        );
         let figure = fio::run_job(jobs_dir, job, dir)?;
-        if job.name == "J1x1" && !pids.is_empty() {
-            // J1x1 writes 1 GiB.
-            row.write_cpu_per_gib = Some(crate::fuse::cpu_seconds(pids) - cpu_before);
+        // J1x1 writes 1 GiB and J2x1 reads it back: their CPU seconds are per GiB.
+        let cpu = (!pids.all.is_empty()).then(|| Cpu {
+            all_per_gib: crate::fuse::cpu_seconds(&pids.all) - all_before,
+            client_per_gib: crate::fuse::cpu_seconds(&pids.client) - client_before,
+        });
+        match job.name {
+            "J1x1" => row.write_cpu = cpu,
+            "J2x1" => row.read_cpu = cpu,
+            _ => {}
         }
         eprintln!("{figure:.0} {}", job.figure.unit());
         row.figures[column] = Some(figure);
@@ -117,13 +185,7 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
     for replicas in [3u32, 1] {
         let name = format!("Shoal, {replicas} {}", if replicas == 1 { "copy" } else { "copies" });
         eprintln!("{name}: starting (1 registry, 3 data services on loopback)");
-        let mut row = Row {
-            name,
-            is_shoal: true,
-            figures: vec![None; jobs.len()],
-            write_cpu_per_gib: None,
-            failure: None,
-        };
+        let mut row = Row::new(name, Class::Shoal { replicas }, jobs.len());
         let outcome = shoal_target(&jobs_dir, &jobs, replicas, &root, &mut row).await;
         if let Err(error) = outcome {
             row.failure = Some(format!("{error:#}"));
@@ -146,18 +208,17 @@ pub async fn run(args: PeersArgs) -> anyhow::Result<()> {
             ],
         );
         eprintln!("{peer}: installing and starting");
-        let mut row = Row {
-            name: peer.clone(),
-            is_shoal: false,
-            figures: vec![None; jobs.len()],
-            write_cpu_per_gib: None,
-            failure: None,
+        let class = if peer == "juicefs" {
+            Class::OneCopy
+        } else {
+            Class::Replicated
         };
+        let mut row = Row::new(peer.clone(), class, jobs.len());
         let outcome = match script(peer, &["start", &work_arg, &mount_arg], START_TIMEOUT) {
             Ok(description) => {
                 row.name = description;
                 eprintln!("{}", row.name);
-                let pids = recorded_pids(&work);
+                let pids = Pids::of_peer(recorded_pids(&work));
                 run_jobs(&jobs_dir, &jobs, &mount, &pids, &mut row)
             }
             Err(error) => Err(error),
@@ -212,7 +273,12 @@ async fn shoal_target(
             &root.join(format!("shoal-r{replicas}.log")),
         )
         .await?;
-        pids.extend(mount.process.as_ref().and_then(Process::pid));
+        let client: Vec<u32> = mount.process.as_ref().and_then(Process::pid).into_iter().collect();
+        pids.extend(&client);
+        let pids = Pids {
+            all: pids.clone(),
+            client,
+        };
         let outcome = run_jobs(jobs_dir, jobs, &mount.dir, &pids, row);
         drop(mount);
         cleanup::forget_mount(&dir);
@@ -224,6 +290,40 @@ async fn shoal_target(
     result.with_context(|| logs)
 }
 
+fn cpu_cell(cpu: Option<Cpu>) -> String {
+    cpu.map_or("–".into(), |cpu| {
+        format!("{:.1} / {:.1}", cpu.all_per_gib, cpu.client_per_gib)
+    })
+}
+
+/// Per job, the best figure among the rows `pick` selects.
+fn best_of(jobs: usize, rows: &[Row], pick: impl Fn(&Row) -> bool) -> Vec<Option<f64>> {
+    (0..jobs)
+        .map(|column| {
+            rows.iter()
+                .filter(|row| pick(row))
+                .filter_map(|row| row.figures[column])
+                .fold(None, |best: Option<f64>, value| {
+                    Some(best.map_or(value, |b| b.max(value)))
+                })
+        })
+        .collect()
+}
+
+fn ratio_row(name: &str, shoal: Option<&Row>, reference: &[Option<f64>]) -> String {
+    let ratios: Vec<String> = reference
+        .iter()
+        .enumerate()
+        .map(
+            |(column, best)| match (shoal.and_then(|row| row.figures[column]), best) {
+                (Some(shoal), Some(best)) if *best > 0.0 => format!("**{:.2}x**", shoal / best),
+                _ => "–".into(),
+            },
+        )
+        .collect();
+    format!("| {name} | {} | | |\n", ratios.join(" | "))
+}
+
 fn table(jobs: &[&fio::Job], rows: &[Row]) -> String {
     let header: Vec<String> = jobs
         .iter()
@@ -232,43 +332,52 @@ fn table(jobs: &[&fio::Job], rows: &[Row]) -> String {
     let mut out = String::from(
         "### Shoal beside peer file systems: the yardstick fio job set, one run, all on loopback\n\n\
          `bench/peers/compare` (= `shoal-bench peers`). Every target has a registry/master and 3 \
-         storage daemons on this machine; targets run one after another; caches dropped before read jobs.\n\n",
+         storage daemons on this machine; targets run one after another; caches dropped before read jobs. \
+         CPU columns: CPU seconds per GiB of all the target's processes / of its FUSE client alone \
+         (J1x1 writes 1 GiB, J2x1 reads it back).\n\n",
     );
     out.push_str(&format!(
-        "| target | {} | CPU-s per GiB written (J1x1) |\n|---|{}---:|\n",
+        "| target | {} | CPU-s per GiB written (J1x1): all / client | CPU-s per GiB read (J2x1): all / client |\n|---|{}---:|---:|\n",
         header.join(" | "),
         "---:|".repeat(jobs.len())
     ));
-    let best_peer: Vec<Option<f64>> = (0..jobs.len())
-        .map(|column| {
-            rows.iter()
-                .filter(|row| !row.is_shoal)
-                .filter_map(|row| row.figures[column])
-                .fold(None, |best: Option<f64>, value| {
-                    Some(best.map_or(value, |b| b.max(value)))
-                })
-        })
-        .collect();
     for row in rows {
         let cells: Vec<String> = row
             .figures
             .iter()
             .map(|figure| figure.map_or("–".into(), |value| format!("{value:.0}")))
             .collect();
-        let cpu = row
-            .write_cpu_per_gib
-            .map_or("–".into(), |seconds| format!("{seconds:.1}"));
-        out.push_str(&format!("| {} | {} | {cpu} |\n", row.name, cells.join(" | ")));
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            row.name,
+            cells.join(" | "),
+            cpu_cell(row.write_cpu),
+            cpu_cell(row.read_cpu)
+        ));
     }
-    for row in rows.iter().filter(|row| row.is_shoal) {
-        let ratios: Vec<String> = (0..jobs.len())
-            .map(|column| match (row.figures[column], best_peer[column]) {
-                (Some(shoal), Some(best)) if best > 0.0 => format!("**{:.2}x**", shoal / best),
-                _ => "–".into(),
-            })
-            .collect();
-        out.push_str(&format!("| {} ÷ best peer | {} | |\n", row.name, ratios.join(" | ")));
-    }
+    let shoal = |replicas| rows.iter().find(|row| row.class == Class::Shoal { replicas });
+    let is_peer = |row: &Row| !matches!(row.class, Class::Shoal { .. });
+    // Row names are fixed: scripts look for them.
+    out.push_str(&ratio_row(
+        "Shoal, 3 copies ÷ best replicated peer",
+        shoal(3),
+        &best_of(jobs.len(), rows, |row| row.class == Class::Replicated),
+    ));
+    out.push_str(&ratio_row(
+        "Shoal, 1 copy ÷ JuiceFS",
+        shoal(1),
+        &best_of(jobs.len(), rows, |row| row.class == Class::OneCopy),
+    ));
+    out.push_str(&ratio_row(
+        "Shoal, 3 copies ÷ best peer",
+        shoal(3),
+        &best_of(jobs.len(), rows, is_peer),
+    ));
+    out.push_str(&ratio_row(
+        "Shoal, 1 copy ÷ best peer",
+        shoal(1),
+        &best_of(jobs.len(), rows, is_peer),
+    ));
     let failures: Vec<String> = rows
         .iter()
         .filter_map(|row| row.failure.as_ref().map(|failure| format!("- {}: {failure}", row.name)))
