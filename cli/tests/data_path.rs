@@ -342,13 +342,14 @@ async fn stale_chain_version_is_refused_and_changes_nothing() {
     let mut cluster = start(3).await;
     let result = async {
         let registry = cluster.registry.client();
-        let volume_id = volume(&registry, "stale", 3).await;
-        let attr = new_file(&registry, volume_id, "f").await;
+        let OneChunkFile {
+            volume_id,
+            attr,
+            layout,
+            table,
+            chain,
+        } = one_chunk_file(&registry, "stale").await?;
         let data = DataClient::new(registry.clone());
-        let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
-        let layout = FileLayout::of(volume_id, &attr)?;
-        let table = chain_table(&registry).await;
-        let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
         let head = chain.head().expect("head");
         for wrong in [chain.version.saturating_sub(1), chain.version + 5] {
             let payload = vec![9u8; 4096];
@@ -414,13 +415,14 @@ async fn framed_calls_refuse_bad_frames_and_keep_serving() {
     let mut cluster = start(3).await;
     let result = async {
         let registry = cluster.registry.client();
-        let volume_id = volume(&registry, "framed", 3).await;
-        let attr = new_file(&registry, volume_id, "f").await;
+        let OneChunkFile {
+            volume_id,
+            attr,
+            layout,
+            table,
+            chain,
+        } = one_chunk_file(&registry, "framed").await?;
         let data = DataClient::new(registry.clone());
-        let attr = file::write_at(&data, volume_id, &attr, 0, Bytes::from(vec![1u8; 8192]), true).await?;
-        let layout = FileLayout::of(volume_id, &attr)?;
-        let table = chain_table(&registry).await;
-        let chain = table.chain(layout.chain_of(0)).expect("chain").clone();
         let head = chain.head().expect("head");
         let address = table.address(head).expect("head address").to_string();
         let frames = FrameClient::new(None);
