@@ -29,8 +29,8 @@ use crate::budget::{BudgetPermit, MountBudget};
 use crate::cache::ReadCache;
 
 /// A send in flight: where its byte range ends, and its outcome, which several waiters can
-/// await (a later overlapping send, a drain). Listed by (start, send number); a send
-/// removes itself when it has landed or failed.
+/// await (a later overlapping send, a drain). Listed by [`SendKey`]; a send removes itself
+/// when it has landed or failed.
 struct InFlight {
     end: u64,
     done: Shared<BoxFuture<'static, Result<(), FsError>>>,
@@ -43,6 +43,23 @@ pub const FLUSH_BYTES: usize = 4 << 20;
 pub const MAX_SEND_BYTES: usize = FLUSH_BYTES;
 const _: () = assert!(crate::fs::MAX_IO_BYTES as usize <= MAX_SEND_BYTES);
 
+/// Sends in flight are kept in two lists by length, so that finding the ones a new send
+/// overlaps looks back only as far as the longest send of each list: many small random
+/// writes in flight are not walked past for every new one.
+const SEND_CLASS_BYTES: [usize; 2] = [64 << 10, MAX_SEND_BYTES];
+const _: () = assert!(SEND_CLASS_BYTES[0] < SEND_CLASS_BYTES[1]);
+
+/// Where a send is listed: its length class, its start, and its number (two sends may
+/// start at one offset).
+type SendKey = (usize, (u64, u64));
+
+fn send_class(length_bytes: usize) -> usize {
+    SEND_CLASS_BYTES
+        .iter()
+        .position(|bound| length_bytes <= *bound)
+        .expect("no send is longer than MAX_SEND_BYTES")
+}
+
 /// Consecutive bytes not yet sent: where they start, the bytes, and their budget.
 type Buffer = (u64, BytesMut, Vec<BudgetPermit>);
 
@@ -54,7 +71,8 @@ struct FileWrites {
     stream_end: Option<u64>,
     /// Where the file's chunks live (to send its buffer from anywhere).
     layout: Option<FileLayout>,
-    in_flight: BTreeMap<(u64, u64), InFlight>,
+    /// By length class (see [`SEND_CLASS_BYTES`]), then (start, send number).
+    in_flight: [BTreeMap<(u64, u64), InFlight>; 2],
     /// Where failed sends are recorded.
     errors: Arc<WriteErrors>,
 }
@@ -235,15 +253,18 @@ impl WriteBack {
             bytes.len()
         );
         let (client, layout, read_cache) = (data_client.clone(), layout.clone(), self.read_cache.clone());
-        let key = (start, self.sends.fetch_add(1, Ordering::Relaxed));
+        let class = send_class(bytes.len());
+        let key: SendKey = (class, (start, self.sends.fetch_add(1, Ordering::Relaxed)));
         let files_for_send = self.files.clone();
         let mut files = self.files.lock().expect("write-back lock poisoned");
         let file = files.entry(ino).or_default();
         let errors = file.errors.clone();
-        // Every send starts at most MAX_SEND_BYTES before the end of one it overlaps.
+        // A listed send starts at most its class's length before the end of one it overlaps.
         let earlier: Vec<_> = file
             .in_flight
-            .range((start.saturating_sub(MAX_SEND_BYTES as u64), 0)..(end, 0))
+            .iter()
+            .zip(SEND_CLASS_BYTES)
+            .flat_map(|(sends, longest)| sends.range((start.saturating_sub(longest as u64), 0)..(end, 0)))
             .filter(|(_, sent)| start < sent.end)
             .map(|(_, sent)| sent.done.clone())
             .collect();
@@ -264,8 +285,8 @@ impl WriteBack {
         }
         .boxed()
         .shared();
-        file.in_flight.insert(
-            key,
+        file.in_flight[key.0].insert(
+            key.1,
             InFlight {
                 end,
                 done: done.clone(),
@@ -282,7 +303,7 @@ impl WriteBack {
             .lock()
             .expect("write-back lock poisoned")
             .get(&ino)
-            .is_some_and(|f| f.buffer.is_some() || !f.in_flight.is_empty())
+            .is_some_and(|f| f.buffer.is_some() || f.in_flight.iter().any(|sends| !sends.is_empty()))
     }
 
     /// Sends what `ino` has buffered and waits for all its writes to land or fail (failures
@@ -315,7 +336,13 @@ impl WriteBack {
             let files = self.files.lock().expect("write-back lock poisoned");
             files
                 .get(&ino)
-                .map(|file| file.in_flight.values().map(|sent| sent.done.clone()).collect())
+                .map(|file| {
+                    file.in_flight
+                        .iter()
+                        .flat_map(|sends| sends.values())
+                        .map(|sent| sent.done.clone())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         for done in sends {
@@ -324,7 +351,7 @@ impl WriteBack {
         let mut files = self.files.lock().expect("write-back lock poisoned");
         if files
             .get(&ino)
-            .is_some_and(|file| file.buffer.is_none() && file.in_flight.is_empty())
+            .is_some_and(|file| file.buffer.is_none() && file.in_flight.iter().all(BTreeMap::is_empty))
         {
             files.remove(&ino);
         }
@@ -334,10 +361,10 @@ impl WriteBack {
 
 /// Forgets a send that has landed or failed (a failure is recorded in the file's
 /// [`WriteErrors`] by then); waiters that took its outcome earlier still get it.
-fn forget_send(files: &Files, ino: u64, key: (u64, u64)) {
+fn forget_send(files: &Files, ino: u64, key: SendKey) {
     let mut files = files.lock().expect("write-back lock poisoned");
     if let Some(file) = files.get_mut(&ino) {
-        let forgotten = file.in_flight.remove(&key);
+        let forgotten = file.in_flight[key.0].remove(&key.1);
         assert!(forgotten.is_some(), "a send listed once is forgotten once");
     }
 }
