@@ -146,9 +146,11 @@ pub struct WriteBack {
     read_cache: Arc<ReadCache>,
 }
 
-/// Memory a written byte costs: while it is sent it is in memory twice, in its buffer and
-/// in the encoded gRPC message. The budget charges both from the start, so what a mount
-/// holds is what its process uses.
+/// Memory a written byte is charged. Chunk writes were gRPC messages, so a byte on its way
+/// was in memory twice (its buffer and the encoded message), and the budget charged both
+/// from the start. Frames now send it from its buffer, so the charge is conservative (a
+/// mount's write buffer holds half of what it could); it stays until the agent's resident
+/// memory under load is measured again against its budget.
 pub const MEMORY_PER_BUFFERED_BYTE: u64 = 2;
 
 /// The smallest write-back floor: two full buffers, so one can fill while one is sent.
