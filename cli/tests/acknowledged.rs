@@ -295,16 +295,8 @@ async fn write_once(
     let head = chain.head().expect("the chain has a head");
     member(table, head)
         .write(data_pb::WriteRequest {
-            chain_id: chain.id,
-            chain_version: chain.version,
-            chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-            chunk_size_bytes: attr.layout.as_ref().expect("placed").chunk_size_bytes,
-            offset,
-            payload_crcs: shoal_proto::checksum::payload_crcs(&payload),
-            data: payload.into(),
             sync,
-            chunk_version: 0,
-            prior_chunk_version: 0,
+            ..chunk_write(chain, volume_id, attr, offset, payload)
         })
         .await
         .map(|_| ())

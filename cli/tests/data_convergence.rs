@@ -148,9 +148,9 @@ async fn an_out_of_sync_member_refuses_forwarded_writes_and_is_sent_the_whole_ch
         let OneChunkFile {
             volume_id,
             attr,
-            layout,
             table,
             chain,
+            ..
         } = one_chunk_file(&registry, "resync").await?;
         let tail = chain.targets[2].data_service_id;
         let read_member = |id: u64| {
@@ -159,20 +159,10 @@ async fn an_out_of_sync_member_refuses_forwarded_writes_and_is_sent_the_whole_ch
             async move { anyhow::Ok(client.read(request).await?.into_inner()) }
         };
         let version = read_member(tail).await?.chunk_version;
-        let forwarded = |prior: u64, fill: u8| {
-            let payload = vec![fill; 4096];
-            data_pb::WriteRequest {
-                chain_id: chain.id,
-                chain_version: chain.version,
-                chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                chunk_size_bytes: layout.chunk_size_bytes,
-                offset: 0,
-                payload_crcs: shoal_proto::checksum::payload_crcs(&payload),
-                data: payload.into(),
-                sync: true,
-                chunk_version: prior + 1,
-                prior_chunk_version: prior,
-            }
+        let forwarded = |prior: u64, fill: u8| data_pb::WriteRequest {
+            chunk_version: prior + 1,
+            prior_chunk_version: prior,
+            ..chunk_write(&chain, volume_id, &attr, 0, vec![fill; 4096])
         };
         // A change on top of a version the tail does not hold is refused, and changes nothing.
         let refused = member(&table, tail)
@@ -220,27 +210,15 @@ async fn an_unacknowledged_change_is_not_read_back_and_heals() {
         let OneChunkFile {
             volume_id,
             attr,
-            layout,
             table,
             chain,
+            ..
         } = one_chunk_file(&registry, "dirty").await?;
         let [head, middle, tail] = [0, 1, 2].map(|i| chain.targets[i].data_service_id);
         let tail_index = index_of(&cluster, tail).await;
         cluster.kill_data_service(tail_index);
-        let payload = vec![5u8; 4096];
         let failed = member(&table, head)
-            .write(data_pb::WriteRequest {
-                chain_id: chain.id,
-                chain_version: chain.version,
-                chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                chunk_size_bytes: layout.chunk_size_bytes,
-                offset: 0,
-                payload_crcs: shoal_proto::checksum::payload_crcs(&payload),
-                data: payload.into(),
-                sync: true,
-                chunk_version: 0,
-                prior_chunk_version: 0,
-            })
+            .write(chunk_write(&chain, volume_id, &attr, 0, vec![5u8; 4096]))
             .await
             .expect_err("a write whose tail is dead cannot be acknowledged");
         anyhow::ensure!(failed.code() == tonic::Code::Unavailable, "{failed:?}");

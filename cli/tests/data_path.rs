@@ -241,9 +241,17 @@ async fn concurrent_writers_to_one_chunk_leave_identical_replicas() {
                 "data service {id} holds different bytes than the head"
             );
         }
+        // Each round at the head makes one version; writes merged into another's round
+        // make none of their own.
+        let merged = member(&table, chain.head().expect("head"))
+            .stats(data_pb::StatsRequest {})
+            .await?
+            .into_inner()
+            .writes_merged;
         anyhow::ensure!(
-            replicas[0].1 == 240,
-            "240 writes should give version 240, found {}",
+            replicas[0].1 + merged == 240,
+            "240 writes, {merged} of them merged, should give version {}, found {}",
+            240 - merged,
             replicas[0].1
         );
         Ok(())
@@ -345,26 +353,17 @@ async fn stale_chain_version_is_refused_and_changes_nothing() {
         let OneChunkFile {
             volume_id,
             attr,
-            layout,
             table,
             chain,
+            ..
         } = one_chunk_file(&registry, "stale").await?;
         let data = DataClient::new(registry.clone());
         let head = chain.head().expect("head");
         for wrong in [chain.version.saturating_sub(1), chain.version + 5] {
-            let payload = vec![9u8; 4096];
             let refused = member(&table, head)
                 .write(data_pb::WriteRequest {
-                    chain_id: chain.id,
                     chain_version: wrong,
-                    chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                    chunk_size_bytes: layout.chunk_size_bytes,
-                    offset: 0,
-                    payload_crcs: shoal_proto::checksum::payload_crcs(&payload),
-                    data: payload.into(),
-                    sync: true,
-                    chunk_version: 0,
-                    prior_chunk_version: 0,
+                    ..chunk_write(&chain, volume_id, &attr, 0, vec![9u8; 4096])
                 })
                 .await
                 .expect_err("a stale chain version must be refused");
@@ -380,16 +379,8 @@ async fn stale_chain_version_is_refused_and_changes_nothing() {
         // A payload whose checksums do not match is refused too.
         let damaged = member(&table, head)
             .write(data_pb::WriteRequest {
-                chain_id: chain.id,
-                chain_version: chain.version,
-                chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-                chunk_size_bytes: layout.chunk_size_bytes,
-                offset: 0,
                 payload_crcs: vec![0xdead_beef],
-                data: vec![9u8; 4096].into(),
-                sync: true,
-                chunk_version: 0,
-                prior_chunk_version: 0,
+                ..chunk_write(&chain, volume_id, &attr, 0, vec![9u8; 4096])
             })
             .await
             .expect_err("a damaged payload must be refused");
@@ -418,25 +409,18 @@ async fn framed_calls_refuse_bad_frames_and_keep_serving() {
         let OneChunkFile {
             volume_id,
             attr,
-            layout,
             table,
             chain,
+            ..
         } = one_chunk_file(&registry, "framed").await?;
         let data = DataClient::new(registry.clone());
         let head = chain.head().expect("head");
         let address = table.address(head).expect("head address").to_string();
         let frames = FrameClient::new(None);
         let write = |chain_version: u64, payload_crcs: Vec<u32>| data_pb::WriteRequest {
-            chain_id: chain.id,
             chain_version,
-            chunk: Some(chunk_id(volume_id, attr.ino, 0)),
-            chunk_size_bytes: layout.chunk_size_bytes,
-            offset: 0,
             payload_crcs,
-            data: vec![9u8; 4096].into(),
-            sync: true,
-            chunk_version: 0,
-            prior_chunk_version: 0,
+            ..chunk_write(&chain, volume_id, &attr, 0, vec![9u8; 4096])
         };
         let crcs = shoal_proto::checksum::payload_crcs(&[9u8; 4096]);
         let stale = frames
@@ -683,4 +667,76 @@ async fn full_disk_gives_enospc_and_keeps_serving_reads() {
 
 async fn cluster_ready(cluster: &ShoalCluster) -> anyhow::Result<()> {
     cluster.wait_for_data_services(Duration::from_secs(60)).await
+}
+
+/// Small writes that wait for one chunk at its head are applied as one chain write (group
+/// commit), and the result is what the writes made, on every member: disjoint writes in
+/// one round, writes that share a 4 KiB block in rounds of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_writes_waiting_for_one_chunk_merge_and_land_on_every_member() {
+    let mut cluster = start(3).await;
+    let result = async {
+        let registry = cluster.registry.client();
+        let OneChunkFile {
+            volume_id,
+            attr,
+            table,
+            chain,
+            ..
+        } = one_chunk_file(&registry, "merged").await?;
+        let frames = std::sync::Arc::new(shoal_client::frames::FrameClient::new(None));
+        let head = chain.head().expect("head");
+        let address = table.address(head).expect("head address").to_string();
+        const WRITES: u64 = 96;
+        // Write i: 1000 bytes of i at block i (2..98), and a neighbour sharing block 2.
+        let mut writes: Vec<(u64, Vec<u8>)> = (0..WRITES).map(|i| ((i + 2) * 4096, vec![i as u8; 1000])).collect();
+        writes.push((2 * 4096 + 2000, vec![0xEE; 100]));
+        let mut calls = tokio::task::JoinSet::new();
+        for (offset, payload) in &writes {
+            let request = data_pb::WriteRequest {
+                sync: false,
+                ..chunk_write(&chain, volume_id, &attr, *offset, payload.clone())
+            };
+            let (frames, address) = (frames.clone(), address.clone());
+            calls.spawn(async move { frames.write(&address, request).await });
+        }
+        while let Some(call) = tokio::time::timeout(Duration::from_secs(60), calls.join_next()).await? {
+            call??;
+        }
+        let mut merged = 0;
+        for target in &chain.targets {
+            merged += member(&table, target.data_service_id)
+                .stats(data_pb::StatsRequest {})
+                .await?
+                .into_inner()
+                .writes_merged;
+        }
+        anyhow::ensure!(merged > 0, "{WRITES} concurrent writes to one chunk were never merged");
+        let data = DataClient::new(registry.clone());
+        let mut expected = vec![1u8; 8192];
+        expected.resize((WRITES as usize + 2) * 4096 + 1000, 0);
+        for (offset, payload) in &writes {
+            expected[*offset as usize..*offset as usize + payload.len()].copy_from_slice(payload);
+        }
+        let length = expected.len() as u32;
+        for target in &chain.targets {
+            let read = member(&table, target.data_service_id)
+                .read(chunk_read(&chain, volume_id, attr.ino, 0, length))
+                .await?
+                .into_inner();
+            anyhow::ensure!(
+                read.data == expected,
+                "data service {} holds other bytes",
+                target.data_service_id
+            );
+        }
+        anyhow::ensure!(replica_difference(&registry).await?.is_none());
+        let back = file::read_at(&data, volume_id, &attr, 0, 8192).await?;
+        anyhow::ensure!(back.iter().all(|b| *b == 1), "the first blocks were not touched");
+        println!("{merged} of {} writes rode on another's round", writes.len());
+        Ok(())
+    }
+    .await;
+    fail_with_logs(&mut cluster, result).await;
+    cluster.stop_all();
 }

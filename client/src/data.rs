@@ -342,8 +342,7 @@ impl DataClient {
                 data: data.clone(),
                 payload_crcs: crcs.clone(),
                 sync,
-                chunk_version: 0,
-                prior_chunk_version: 0,
+                ..Default::default()
             };
             async move { head.frames.write(&head.address, request).await }
         })

@@ -83,9 +83,12 @@ impl FrameClient {
     /// A chain write: `request.data` travels as the frame's payload, uncopied.
     pub async fn write(&self, address: &str, mut request: WriteRequest) -> Result<WriteReply, Status> {
         let payload = std::mem::take(&mut request.data);
-        let reply = self
-            .call(address, FrameKind::Write, &request.encode_to_vec(), &payload)
-            .await?;
+        let kind = if request.extents.is_empty() {
+            FrameKind::Write
+        } else {
+            FrameKind::WriteExtents
+        };
+        let reply = self.call(address, kind, &request.encode_to_vec(), &payload).await?;
         decode::<WriteReply>(address, &reply.header)
     }
 
@@ -126,7 +129,7 @@ impl FrameClient {
                 self.put_idle(address, connection);
                 Err(frame::status_from_wire(decode::<CallStatus>(address, &reply.header)?))
             }
-            FrameKind::Write | FrameKind::Read => Err(Status::internal(format!(
+            FrameKind::Write | FrameKind::WriteExtents | FrameKind::Read => Err(Status::internal(format!(
                 "data service at {address} answered with a {:?} frame",
                 reply.kind
             ))),

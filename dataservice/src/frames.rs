@@ -127,12 +127,15 @@ async fn serve(node: Arc<DataNode>, stream: TcpStream, mut stopped: watch::Recei
 /// One call: the reply's header and payload, or the status it is refused with.
 async fn handle(node: &Arc<DataNode>, frame: Frame) -> Result<(Vec<u8>, Bytes), Status> {
     match frame.kind {
-        FrameKind::Write => {
+        FrameKind::Write | FrameKind::WriteExtents => {
             let mut request = decode::<pb::WriteRequest>(&frame.header)?;
             if !request.data.is_empty() {
                 return Err(invalid(
                     "a framed write carries its data as the payload, not in its header",
                 ));
+            }
+            if request.extents.is_empty() != (frame.kind == FrameKind::Write) {
+                return Err(invalid("a write with extents travels as WriteExtents, and only it"));
             }
             request.data = frame.payload;
             let reply = node.write(request).await?;

@@ -26,11 +26,13 @@ use shoal_proto::data as pb;
 use tonic::Status;
 
 use crate::locks::ChunkLocks;
+use crate::merge::{self, WriteQueue};
 use crate::peers::Peers;
 use crate::stats::Stats;
 use crate::status::{from_store, invalid, is_out_of_sync, out_of_sync, stale_chain};
 use crate::store::{
-    self, ChunkId, ChunkStore, IncomingCopy, MAX_CHUNK_SIZE_BYTES, Replace, StoreError, StoreResult, WriteOp,
+    self, ChunkId, ChunkStore, IncomingCopy, MAX_CHUNK_SIZE_BYTES, NextVersion, Replace, StoreError, StoreResult,
+    Versioned, WriteOp,
 };
 
 /// Longest wait for the rest of the chain to acknowledge one write or copy.
@@ -46,6 +48,7 @@ pub struct DataNode {
     pub chains: ChainCache,
     pub peers: Peers,
     pub locks: ChunkLocks,
+    queue: WriteQueue,
     pub stats: Stats,
     pub registry: RegistryClient,
     repairs: Mutex<HashSet<ChunkId>>,
@@ -76,6 +79,7 @@ impl DataNode {
             chains: ChainCache::new(registry.clone()),
             peers: Peers::default(),
             locks: ChunkLocks::default(),
+            queue: WriteQueue::default(),
             stats: Stats::default(),
             registry,
             repairs: Mutex::new(HashSet::new()),
@@ -146,26 +150,10 @@ impl DataNode {
         Ok(Some((next.data_service_id, address)))
     }
 
-    pub async fn write(&self, request: pb::WriteRequest) -> Result<pb::WriteReply, Status> {
+    pub async fn write(self: &Arc<Self>, request: pb::WriteRequest) -> Result<pb::WriteReply, Status> {
         let chunk = chunk_of(request.chunk)?;
-        let length = request.data.len() as u64;
-        if length == 0 || request.data.len() > shoal_proto::MAX_DATA_PAYLOAD_BYTES {
-            return Err(invalid(format!(
-                "{chunk}: a write carries 1 to {} bytes, not {length}",
-                shoal_proto::MAX_DATA_PAYLOAD_BYTES
-            )));
-        }
-        if request.chunk_size_bytes > MAX_CHUNK_SIZE_BYTES || request.offset + length > request.chunk_size_bytes {
-            return Err(invalid(format!(
-                "{chunk}: write of {length} bytes at {} does not fit a chunk of {} bytes",
-                request.offset, request.chunk_size_bytes
-            )));
-        }
-        if let Err(piece) = store::verify_payload(&request.data, &request.payload_crcs) {
-            return Err(Status::data_loss(format!(
-                "{chunk}: payload piece {piece} does not match its checksum (damaged in transit); resend"
-            )));
-        }
+        let ranges = merge::ranges(&chunk, &request)?;
+        merge::verify(&chunk, &request, &ranges)?;
         let chain = self.chain(request.chain_id, request.chain_version).await?;
         let position = self.position(&chain)?;
         let forwarded = request.chunk_version != 0;
@@ -181,50 +169,124 @@ impl DataNode {
                 },
             ));
         }
-        let successor = self.successor(&chain, position)?;
-        let _guard = self.locks.write(&chunk).await;
-        let (prior, version) = self
-            .next_version(
-                &chain,
-                chunk,
-                request.prior_chunk_version,
-                request.chunk_version,
-                successor.as_ref(),
-            )
-            .await?;
-        let data = request.data.clone();
-        let crcs = request.payload_crcs.clone();
-        let (chain_id, offset, sync, dirty) = (chain.id, request.offset, request.sync, successor.is_some());
-        self.blocking(move |store| {
-            store.write(
-                chunk,
-                WriteOp {
+        let chunk_version = if merge::mergeable(&request) {
+            self.write_queued(chain, chunk, request).await?
+        } else {
+            let _guard = self.locks.write(&chunk).await;
+            self.apply_write(&chain, chunk, request).await?
+        };
+        Ok(pb::WriteReply { chunk_version })
+    }
+
+    /// A client's small write at the head: queued, and applied in the round of whichever
+    /// queued writer of the chunk gets its lock first, merged with the others waiting (see
+    /// `merge`).
+    async fn write_queued(
+        self: &Arc<Self>,
+        chain: ChainInfo,
+        chunk: ChunkId,
+        request: pb::WriteRequest,
+    ) -> merge::Outcome {
+        let mut ticket = self.queue.enqueue(chunk, request);
+        let guard = tokio::select! {
+            biased;
+            outcome = ticket.outcome() => return outcome,
+            guard = self.locks.write(&chunk) => guard,
+        };
+        let Some(batch) = self.queue.take_batch(&ticket) else {
+            drop(guard);
+            return ticket.outcome().await;
+        };
+        Stats::add(&self.stats.writes_merged, batch.writes() as u64 - 1);
+
+        let node = self.clone();
+        // A task of its own: other callers' writes ride on this round, so this caller giving
+        // up must not stop it half way.
+        tokio::spawn(async move {
+            let _guard = guard;
+            let outcome = node.apply_write(&chain, chunk, batch.request).await;
+            batch.replies.answer(outcome);
+        });
+        ticket.outcome().await
+    }
+
+    /// Applies a checked write here and forwards it down the chain. The caller holds the
+    /// chunk's lock. Returns the chunk's new version.
+    async fn apply_write(&self, chain: &ChainInfo, chunk: ChunkId, request: pb::WriteRequest) -> merge::Outcome {
+        let position = self.position(chain)?;
+        let successor = self.successor(chain, position)?;
+        let next = Self::next_version(chain, &chunk, request.prior_chunk_version, request.chunk_version)?;
+        let ranges = merge::ranges(&chunk, &request)?;
+        let (chain_id, dirty) = (chain.id, successor.is_some());
+        let change =
+            move |store: &ChunkStore, (request, ranges): &(pb::WriteRequest, Vec<merge::WriteRange>), version| {
+                let extents = merge::store_extents(request, ranges);
+                let op = WriteOp {
                     chain_id,
-                    offset,
-                    data: &data,
-                    payload_crcs: &crcs,
+                    extents: &extents,
                     version,
                     dirty,
-                    sync,
-                },
-            )
-        })
-        .await
-        .map_err(from_store)?;
-        Stats::add(&self.stats.bytes_written, length);
+                    sync: request.sync,
+                };
+                store.write(chunk, op)
+            };
+        let ((mut request, _), prior, version) = self
+            .change_here(chain, chunk, successor.as_ref(), next, (request, ranges), change)
+            .await?;
+        Stats::add(&self.stats.bytes_written, request.data.len() as u64);
         if let Some((next, address)) = successor {
-            let mut forward = request;
-            forward.chunk_version = version;
-            forward.prior_chunk_version = prior;
-            let reply = match tokio::time::timeout(FORWARD_TIMEOUT, self.peers.frames.write(&address, forward)).await {
+            request.chunk_version = version;
+            request.prior_chunk_version = prior;
+            let reply = match tokio::time::timeout(FORWARD_TIMEOUT, self.peers.frames.write(&address, request)).await {
                 Ok(reply) => reply.map(|_| ()),
                 Err(_) => Err(Status::deadline_exceeded(format!(
                     "the chain did not acknowledge within {FORWARD_TIMEOUT:?}"
                 ))),
             };
-            self.settle_forward(&chain, chunk, next, &address, reply).await?;
+            self.settle_forward(chain, chunk, next, &address, reply).await?;
         }
-        Ok(pb::WriteReply { chunk_version: version })
+        Ok(version)
+    }
+
+    /// The local part of a chain change (a write or a cut): one store call checks the
+    /// chunk's version (and at the head its dirty flag) and runs `change` with the new
+    /// version. A chunk an earlier failed change left dirty at the head is healed first.
+    /// Gives `subject` back for forwarding, with the prior and new version.
+    async fn change_here<T: Send + 'static>(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        successor: Option<&(u64, String)>,
+        next: NextVersion,
+        mut subject: T,
+        change: impl Fn(&ChunkStore, &T, u64) -> StoreResult<()> + Clone + Send + 'static,
+    ) -> Result<(T, u64, u64), Status> {
+        for healed in [false, true] {
+            let change = change.clone();
+            let (back, outcome) = self
+                .blocking(move |store| {
+                    let outcome = store.versioned(&chunk, next, |store, version| change(store, &subject, version))?;
+                    Ok((subject, outcome))
+                })
+                .await
+                .map_err(from_store)?;
+            subject = back;
+            match outcome {
+                Versioned::Written { prior, version } => return Ok((subject, prior, version)),
+                Versioned::OutOfSync { local } => {
+                    let NextVersion::Forwarded { prior, .. } = next else {
+                        unreachable!("only a forwarded change can be out of sync");
+                    };
+                    tracing::info!(%chunk, local, prior, "chunk out of sync with the chain; asking for a whole copy");
+                    return Err(out_of_sync(&chunk, local, prior));
+                }
+                Versioned::Dirty if !healed => self.heal_if_dirty(chain, chunk, successor).await?,
+                Versioned::Dirty => {}
+            }
+        }
+        Err(Status::unavailable(format!(
+            "{chunk}: still dirty here after healing; retry"
+        )))
     }
 
     /// A client's change enters at the head, which must hold a complete copy (serve): a
@@ -240,38 +302,20 @@ impl DataNode {
         Ok(())
     }
 
-    /// The prior and new version of a chunk change about to be applied here. A client's
-    /// change (both forwarded versions 0) gets the next version from the head, after it
-    /// heals a chunk an earlier failed change left dirty; a forwarded change applies only
+    /// The version rule of a chain change: a client's (forwarded versions 0) gets the next
+    /// version at the head, which must hold a complete copy; a forwarded one applies only
     /// where this member holds exactly the sender's prior version.
-    async fn next_version(
-        &self,
-        chain: &ChainInfo,
-        chunk: ChunkId,
-        forwarded_prior: u64,
-        forwarded_version: u64,
-        successor: Option<&(u64, String)>,
-    ) -> Result<(u64, u64), Status> {
-        let meta = self
-            .blocking(move |store| store.meta(&chunk))
-            .await
-            .map_err(from_store)?;
-        let local_version = meta.as_ref().map_or(0, |m| m.version);
-        if forwarded_version == 0 {
+    fn next_version(chain: &ChainInfo, chunk: &ChunkId, prior: u64, version: u64) -> Result<NextVersion, Status> {
+        if version == 0 {
             Self::require_serving_head(chain)?;
-            self.heal_if_dirty(chain, chunk, successor).await?;
-            return Ok((local_version, local_version + 1));
+            return Ok(NextVersion::Head);
         }
-        if forwarded_version != forwarded_prior + 1 {
+        if version != prior + 1 {
             return Err(invalid(format!(
-                "{chunk}: forwarded version {forwarded_version} does not follow prior version {forwarded_prior}"
+                "{chunk}: forwarded version {version} does not follow prior version {prior}"
             )));
         }
-        if local_version != forwarded_prior {
-            tracing::info!(%chunk, local_version, prior = forwarded_prior, "chunk out of sync with the chain; asking for a whole copy");
-            return Err(out_of_sync(&chunk, local_version, forwarded_prior));
-        }
-        Ok((forwarded_prior, forwarded_version))
+        Ok(NextVersion::Forwarded { prior, version })
     }
 
     /// Finishes a change forwarded to `next`: an out-of-sync successor gets the whole chunk
@@ -411,34 +455,27 @@ impl DataNode {
             ));
         }
         let successor = self.successor(&chain, position)?;
+        let next = Self::next_version(&chain, &chunk, request.prior_chunk_version, request.chunk_version)?;
         let _guard = self.locks.write(&chunk).await;
-        let (prior, version) = self
-            .next_version(
-                &chain,
-                chunk,
-                request.prior_chunk_version,
-                request.chunk_version,
-                successor.as_ref(),
-            )
-            .await?;
-        let (chain_id, length, remove, dirty) = (chain.id, request.length_bytes, request.remove, successor.is_some());
+        let (chain_id, dirty) = (chain.id, successor.is_some());
         // Durable at once, dirty mark included: a client does not fsync a truncate, and a
         // member that forgot one after a crash would hold bytes the others do not.
-        self.blocking(move |store| {
-            if remove {
+        let change = move |store: &ChunkStore, request: &pb::TruncateRequest, version| {
+            if request.remove {
                 store.remove(chunk, dirty.then_some(chain_id)).map(|_| ())
             } else {
                 let op = store::TruncateOp {
                     chain_id,
-                    length_bytes: length,
+                    length_bytes: request.length_bytes,
                     version,
                     dirty,
                 };
                 store.truncate(chunk, op)
             }
-        })
-        .await
-        .map_err(from_store)?;
+        };
+        let (request, prior, version) = self
+            .change_here(&chain, chunk, successor.as_ref(), next, request, change)
+            .await?;
         if let Some((next, address)) = successor {
             let mut forward = request;
             forward.chunk_version = version;
@@ -804,6 +841,7 @@ impl DataNode {
             chunks_repaired: Stats::get(&self.stats.chunks_repaired),
             stale_requests_refused: Stats::get(&self.stats.stale_requests_refused),
             chunks_resynced: Stats::get(&self.stats.chunks_resynced),
+            writes_merged: Stats::get(&self.stats.writes_merged),
             chain_table_version: self.chains.current().version,
         })
     }

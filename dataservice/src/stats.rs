@@ -10,6 +10,7 @@ pub struct Stats {
     pub chunks_repaired: AtomicU64,
     pub stale_requests_refused: AtomicU64,
     pub chunks_resynced: AtomicU64,
+    pub writes_merged: AtomicU64,
 }
 
 impl Stats {

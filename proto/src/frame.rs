@@ -47,9 +47,11 @@ pub const PREFACE: [u8; 8] = *b"SHOALDF1";
 pub const HEAD_BYTES: usize = 16;
 
 /// Largest protobuf header of a frame. A write's header carries one CRC (at most 5 bytes
-/// as a varint) per 4 KiB of its payload, plus a few fixed fields.
+/// as a varint) per 4 KiB of its payload, at most 24 bytes per extent of a merged write,
+/// plus a few fixed fields.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
-const _: () = assert!(crate::MAX_DATA_PAYLOAD_BYTES / 4096 * 5 + 1024 <= MAX_HEADER_BYTES);
+const _: () =
+    assert!(crate::MAX_DATA_PAYLOAD_BYTES / 4096 * 5 + crate::MAX_WRITE_EXTENTS * 24 + 1024 <= MAX_HEADER_BYTES);
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +61,10 @@ pub enum FrameKind {
     Write = 1,
     /// Header: a `ReadRequest`; no payload.
     Read = 2,
+    /// As `Write`, for a request with `extents` (a merged write): its own kind so that a
+    /// data service that does not know extents refuses it instead of writing the ranges
+    /// as one.
+    WriteExtents = 3,
     /// A successful reply. Header: the call's reply message (a `ReadReply` with `data`
     /// empty); payload: a read's data.
     Reply = 129,
@@ -68,9 +74,15 @@ pub enum FrameKind {
 
 impl FrameKind {
     fn from_byte(byte: u8) -> Option<FrameKind> {
-        [FrameKind::Write, FrameKind::Read, FrameKind::Reply, FrameKind::Failed]
-            .into_iter()
-            .find(|kind| *kind as u8 == byte)
+        [
+            FrameKind::Write,
+            FrameKind::Read,
+            FrameKind::WriteExtents,
+            FrameKind::Reply,
+            FrameKind::Failed,
+        ]
+        .into_iter()
+        .find(|kind| *kind as u8 == byte)
     }
 }
 

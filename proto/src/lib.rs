@@ -45,6 +45,9 @@ pub const STALE_CHAIN_METADATA_KEY: &str = "shoal-stale-chain";
 /// Largest payload of one chunk read or write message.
 pub const MAX_DATA_PAYLOAD_BYTES: usize = 4 << 20;
 
+/// Most ranges one merged chunk write carries (`WriteRequest.extents`).
+pub const MAX_WRITE_EXTENTS: usize = 256;
+
 /// HTTP/2 flow-control windows for data traffic: large enough that one stream can keep a
 /// loopback or LAN link busy with 1 MiB messages.
 pub const DATA_STREAM_WINDOW_BYTES: u32 = 8 << 20;

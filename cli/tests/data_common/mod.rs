@@ -160,6 +160,28 @@ pub fn chunk_read(chain: &ChainInfo, volume_id: u64, ino: u64, index: u64, lengt
     }
 }
 
+/// A client write of `payload` at `offset` into chunk 0 of `attr`'s file on `chain`, with
+/// its checksums, synced: tests change the fields they are about.
+pub fn chunk_write(
+    chain: &ChainInfo,
+    volume_id: u64,
+    attr: &pb::Attr,
+    offset: u64,
+    payload: Vec<u8>,
+) -> data_pb::WriteRequest {
+    data_pb::WriteRequest {
+        chain_id: chain.id,
+        chain_version: chain.version,
+        chunk: Some(chunk_id(volume_id, attr.ino, 0)),
+        chunk_size_bytes: attr.layout.as_ref().expect("placed").chunk_size_bytes,
+        offset,
+        payload_crcs: shoal_proto::checksum::payload_crcs(&payload),
+        data: payload.into(),
+        sync: true,
+        ..Default::default()
+    }
+}
+
 /// A file of 8 KiB of ones in a new volume `name` at replication 3, with its layout, the
 /// chain table and the chain holding its one chunk.
 pub struct OneChunkFile {

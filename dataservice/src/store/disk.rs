@@ -12,7 +12,7 @@ use shoal_engine::{KvEngine, RocksEngine, RocksOptions, ScanControl, WriteBatch}
 
 use super::meta::{
     self, ChunkId, ChunkMeta, CrcGroup, SPACE_BY_CHAIN, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, SPACE_INSTALLS,
-    SPACE_UNSYNCED, SPACES, Unsynced,
+    SPACE_UNSYNCED, SPACE_UNSYNCED_BLOCKS, SPACES, Unsynced,
 };
 use super::{StoreError, StoreResult};
 
@@ -219,19 +219,83 @@ impl Disk {
         batch.put(SPACE_CRCS, meta::crc_key(chunk, group), meta::encode(crcs));
     }
 
+    /// The chunk's whole [`Unsynced`] record: its head with every block's earlier checksums
+    /// (for recovery; a write reads only what it changes).
     pub fn unsynced(&self, chunk: &ChunkId) -> StoreResult<Option<Unsynced>> {
+        let Some(mut record) = self.unsynced_head(chunk)? else {
+            return Ok(None);
+        };
+        let prefix = chunk.key();
+        let (start, end) = (
+            meta::unsynced_block_key(chunk, 0),
+            meta::unsynced_block_key(chunk, u64::MAX),
+        );
+        let mut failed = None;
+        self.engine
+            .scan(SPACE_UNSYNCED_BLOCKS, &start, Some(&end), &mut |key, value| {
+                let block = key[prefix.len()..].try_into().map(u64::from_be_bytes);
+                match (block, meta::decode::<Vec<Option<u32>>>(value, "unsynced block")) {
+                    (Ok(block), Ok(versions)) => {
+                        record.earlier.entry(block).or_default().extend(versions);
+                        ScanControl::Continue
+                    }
+                    (_, Err(error)) => {
+                        failed = Some(error);
+                        ScanControl::Stop
+                    }
+                    (Err(_), _) => {
+                        failed = Some(format!("corrupt unsynced block key of {chunk}"));
+                        ScanControl::Stop
+                    }
+                }
+            })?;
+        match failed {
+            Some(error) => Err(corrupt(error)),
+            None => Ok(Some(record)),
+        }
+    }
+
+    /// The head of the chunk's [`Unsynced`] record (its durable length), if it has one.
+    pub fn unsynced_head(&self, chunk: &ChunkId) -> StoreResult<Option<Unsynced>> {
         match self.engine.get(SPACE_UNSYNCED, &chunk.key())? {
             Some(bytes) => Ok(Some(meta::decode(&bytes, "unsynced record").map_err(corrupt)?)),
             None => Ok(None),
         }
     }
 
-    pub fn put_unsynced(&self, batch: &mut WriteBatch, chunk: &ChunkId, unsynced: &Unsynced) {
-        batch.put(SPACE_UNSYNCED, chunk.key().to_vec(), meta::encode(unsynced));
+    /// One block's earlier checksums in the chunk's [`Unsynced`] record.
+    pub fn unsynced_block(&self, chunk: &ChunkId, block: u64) -> StoreResult<Vec<Option<u32>>> {
+        match self
+            .engine
+            .get(SPACE_UNSYNCED_BLOCKS, &meta::unsynced_block_key(chunk, block))?
+        {
+            Some(bytes) => Ok(meta::decode(&bytes, "unsynced block").map_err(corrupt)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Starts the chunk's [`Unsynced`] record (no block has earlier checksums yet).
+    pub fn put_unsynced_head(&self, batch: &mut WriteBatch, chunk: &ChunkId, durable_length_bytes: u64) {
+        let head = Unsynced::starting_at(durable_length_bytes);
+        batch.put(SPACE_UNSYNCED, chunk.key().to_vec(), meta::encode(&head));
+    }
+
+    pub fn put_unsynced_block(&self, batch: &mut WriteBatch, chunk: &ChunkId, block: u64, versions: &Vec<Option<u32>>) {
+        batch.put(
+            SPACE_UNSYNCED_BLOCKS,
+            meta::unsynced_block_key(chunk, block),
+            meta::encode(versions),
+        );
     }
 
     pub fn delete_unsynced(&self, batch: &mut WriteBatch, chunk: &ChunkId) {
         batch.delete(SPACE_UNSYNCED, chunk.key().to_vec());
+        // Blocks of a chunk are far below u64::MAX, so the range's exclusive end is no block.
+        batch.delete_range(
+            SPACE_UNSYNCED_BLOCKS,
+            meta::unsynced_block_key(chunk, 0),
+            meta::unsynced_block_key(chunk, u64::MAX),
+        );
     }
 
     /// Chunks with an [`Unsynced`] record, at most `max`.

@@ -4,8 +4,10 @@
 //! 256 blocks per group so a 4 KiB write rewrites 1 KiB of checksums, not a whole chunk's),
 //! `by_chain` (chain id + chunk id → nothing: what a chain holds here), `dirty` (chunk id
 //! → chain id: chunks written here but not yet acknowledged by the chain's tail),
-//! `unsynced` (chunk id → [`Unsynced`]: what recovery needs about a chunk changed since its
-//! file was last synced) and `installs` (chunk id → the name of a received copy being
+//! `unsynced` (chunk id → [`Unsynced`]'s head: the chunk's durable length, for a chunk
+//! changed since its file was last synced), `unsynced_blocks` (chunk id + block → that
+//! block's earlier checksums since then: one small record per changed block, so a write
+//! rewrites only the blocks it changes) and `installs` (chunk id → the name of a received copy being
 //! renamed into place).
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +17,7 @@ pub const SPACE_CRCS: &str = "crcs";
 pub const SPACE_BY_CHAIN: &str = "by_chain";
 pub const SPACE_DIRTY: &str = "dirty";
 pub const SPACE_UNSYNCED: &str = "unsynced";
+pub const SPACE_UNSYNCED_BLOCKS: &str = "unsynced_blocks";
 pub const SPACE_INSTALLS: &str = "installs";
 pub const SPACES: &[&str] = &[
     SPACE_CHUNKS,
@@ -22,12 +25,12 @@ pub const SPACES: &[&str] = &[
     SPACE_BY_CHAIN,
     SPACE_DIRTY,
     SPACE_UNSYNCED,
+    SPACE_UNSYNCED_BLOCKS,
     SPACE_INSTALLS,
 ];
 
-/// Most blocks of one chunk whose earlier checksums an [`Unsynced`] record keeps, and most
-/// earlier checksums per block: a write that would go past either syncs the chunk first.
-pub const MAX_UNSYNCED_BLOCKS: usize = 1024;
+/// Most earlier checksums an [`Unsynced`] record keeps per block: a write that would go
+/// past it syncs the chunk first. (The blocks of a record are bounded by the chunk's.)
 pub const MAX_EARLIER_CRCS: usize = 8;
 
 /// Blocks whose checksums share one engine record.
@@ -120,6 +123,9 @@ impl CrcGroup {
 }
 
 /// A chunk changed in place since its file was last synced (fdatasync), kept until it is.
+/// Stored as a head (`durable_length_bytes`, in `unsynced`) and one record per block of
+/// `earlier` (in `unsynced_blocks`); a head written before the split may carry `earlier`
+/// itself, and is read the same way.
 ///
 /// After a crash, each block changed since holds one of the versions written to it (a 4 KiB
 /// block is one page: written whole or not at all), and its metadata may be of any later
@@ -152,26 +158,36 @@ impl Unsynced {
     pub fn was_durable(&self, block: u64, block_bytes: u64) -> bool {
         block * block_bytes < self.durable_length_bytes
     }
+}
 
-    /// Notes that `block`, whose checksum was `before`, is about to change. Returns false
-    /// (and changes nothing) if the record would exceed its bounds.
-    pub fn note_change(&mut self, block: u64, block_bytes: u64, before: Option<u32>) -> bool {
-        if !self.was_durable(block, block_bytes) {
-            return true;
-        }
-        if !self.earlier.contains_key(&block) && self.earlier.len() >= MAX_UNSYNCED_BLOCKS {
-            return false;
-        }
-        let versions = self.earlier.entry(block).or_default();
-        if versions.contains(&before) {
-            return true;
-        }
-        if versions.len() >= MAX_EARLIER_CRCS {
-            return false;
-        }
-        versions.push(before);
-        true
+/// Whether a block's earlier checksums took one more.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Noted {
+    /// `before` was already among them: nothing to store.
+    Known,
+    /// Added: the block's record must be stored.
+    Added,
+    /// They are at [`MAX_EARLIER_CRCS`]: the chunk must be synced first.
+    Full,
+}
+
+/// Notes in a block's earlier checksums (see [`Unsynced::earlier`]) that the block, whose
+/// checksum was `before`, is about to change.
+pub fn note_earlier(versions: &mut Vec<Option<u32>>, before: Option<u32>) -> Noted {
+    if versions.contains(&before) {
+        return Noted::Known;
     }
+    if versions.len() >= MAX_EARLIER_CRCS {
+        return Noted::Full;
+    }
+    versions.push(before);
+    Noted::Added
+}
+
+pub fn unsynced_block_key(chunk: &ChunkId, block: u64) -> Vec<u8> {
+    let mut key = chunk.key().to_vec();
+    key.extend_from_slice(&block.to_be_bytes());
+    key
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use shoal_engine::{Durability, EngineError, ScanControl, WriteBatch};
 
 use disk::Disk;
-use meta::{BLOCKS_PER_GROUP, CrcGroup, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, Unsynced};
+use meta::{BLOCKS_PER_GROUP, CrcGroup, Noted, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, Unsynced};
 
 /// Largest chunk the store accepts.
 pub const MAX_CHUNK_SIZE_BYTES: u64 = 64 << 20;
@@ -35,13 +35,13 @@ pub const MAX_CHUNK_SIZE_BYTES: u64 = 64 << 20;
 pub const MAX_LISTED_CHUNKS: usize = 4096;
 /// Largest single write.
 pub const MAX_WRITE_BYTES: usize = shoal_proto::MAX_DATA_PAYLOAD_BYTES;
+/// Most 4 KiB blocks a single write touches, counting both partial ends of every range.
+pub const MAX_WRITE_BLOCKS: usize = MAX_WRITE_BYTES / BLOCK_SIZE_BYTES;
 /// Smallest aligned span written past the page cache (O_DIRECT): large writes skip a copy
 /// into cache pages and leave no dirty pages behind; small ones would wait for the disk.
 pub const MIN_DIRECT_WRITE_BYTES: u64 = 256 << 10;
 const _: () = assert!(MIN_DIRECT_WRITE_BYTES.is_multiple_of(BLOCK_SIZE_BYTES as u64));
 const _: () = assert!(shoal_proto::frame::PAYLOAD_ALIGN_BYTES.is_multiple_of(BLOCK_SIZE_BYTES));
-// One write's blocks always fit a fresh unsynced record.
-const _: () = assert!(MAX_WRITE_BYTES / BLOCK_SIZE_BYTES <= meta::MAX_UNSYNCED_BLOCKS);
 const _: () = assert!(MAX_CHUNK_SIZE_BYTES as usize >= MAX_WRITE_BYTES);
 
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +72,61 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// One write into a chunk.
-pub struct WriteOp<'a> {
-    pub chain_id: u64,
+/// One range of a write.
+#[derive(Clone, Copy, Debug)]
+pub struct Extent<'a> {
     pub offset: u64,
     pub data: &'a [u8],
-    /// CRCs of `data` in 4 KiB pieces, already verified by the caller.
+    /// CRCs of `data` in 4 KiB pieces from `offset`, already verified by the caller.
     pub payload_crcs: &'a [u32],
+}
+
+impl Extent<'_> {
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    fn blocks(&self) -> (u64, u64) {
+        block_span(self.offset, self.data.len() as u64)
+    }
+}
+
+/// One write into a chunk: one or more ranges applied as one change, under one version.
+pub struct WriteOp<'a> {
+    pub chain_id: u64,
+    /// Sorted by offset, each non-empty, and no two touch the same 4 KiB block: each is
+    /// planned against the chunk as it was before the write.
+    pub extents: &'a [Extent<'a>],
     pub version: u64,
     /// Written here but not yet acknowledged by the chain's tail.
     pub dirty: bool,
     /// Durable before returning.
     pub sync: bool,
+}
+
+/// Which version a chain change gives its chunk ([`ChunkStore::versioned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextVersion {
+    /// A client's write at the head: the chunk's next version, unless an earlier failed
+    /// write left the chunk dirty here (then nothing is written: it must be healed first).
+    Head,
+    /// A forwarded write: `version`, if the chunk is at `prior` here.
+    Forwarded { prior: u64, version: u64 },
+}
+
+/// What [`ChunkStore::versioned`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Versioned {
+    Written {
+        prior: u64,
+        version: u64,
+    },
+    /// Nothing written: the chunk is dirty at the head.
+    Dirty,
+    /// Nothing written: the chunk is at `local` here, not at the sender's prior version.
+    OutOfSync {
+        local: u64,
+    },
 }
 
 /// A cut of a chunk (always durable on return).
@@ -94,6 +137,15 @@ pub struct TruncateOp {
     pub version: u64,
     /// Cut here but not yet acknowledged by the chain's tail.
     pub dirty: bool,
+}
+
+/// What a write adds to its chunk's [`Unsynced`] record.
+struct UnsyncedChange {
+    head: Unsynced,
+    /// The chunk had no record: the head is stored with this write.
+    fresh: bool,
+    /// Blocks whose earlier checksums took one more, with all of them.
+    blocks: Vec<(u64, Vec<Option<u32>>)>,
 }
 
 /// One block a write changes.
@@ -222,6 +274,7 @@ impl ChunkStore {
         self.disk(chunk).meta(chunk)
     }
 
+    /// The checksum groups of blocks `first_block..end_block`.
     fn load_groups(
         disk: &Disk,
         chunk: &ChunkId,
@@ -229,14 +282,28 @@ impl ChunkStore {
         end_block: u64,
     ) -> StoreResult<BTreeMap<u64, CrcGroup>> {
         let mut groups = BTreeMap::new();
+        Self::load_groups_into(disk, chunk, first_block, end_block, &mut groups)?;
+        Ok(groups)
+    }
+
+    /// Loads the checksum groups of blocks `first_block..end_block` not in `groups` yet.
+    fn load_groups_into(
+        disk: &Disk,
+        chunk: &ChunkId,
+        first_block: u64,
+        end_block: u64,
+        groups: &mut BTreeMap<u64, CrcGroup>,
+    ) -> StoreResult<()> {
         if end_block <= first_block {
-            return Ok(groups);
+            return Ok(());
         }
         let per_group = BLOCKS_PER_GROUP as u64;
         for group in first_block / per_group..=(end_block - 1) / per_group {
-            groups.insert(group, disk.crc_group(chunk, group)?.unwrap_or_default());
+            if let std::collections::btree_map::Entry::Vacant(slot) = groups.entry(group) {
+                slot.insert(disk.crc_group(chunk, group)?.unwrap_or_default());
+            }
         }
-        Ok(groups)
+        Ok(())
     }
 
     fn stored_crc(groups: &BTreeMap<u64, CrcGroup>, block: u64) -> Option<u32> {
@@ -260,6 +327,26 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Runs a chain change (`change`, given the version) if the version rule `next` lets it,
+    /// checking the chunk's version and dirty flag in the same call.
+    pub fn versioned(
+        &self,
+        chunk: &ChunkId,
+        next: NextVersion,
+        change: impl FnOnce(&ChunkStore, u64) -> StoreResult<()>,
+    ) -> StoreResult<Versioned> {
+        let local = self.meta(chunk)?.map_or(0, |m| m.version);
+        let (prior, version) = match next {
+            NextVersion::Head if self.is_dirty(chunk)? => return Ok(Versioned::Dirty),
+            NextVersion::Head => (local, local + 1),
+            NextVersion::Forwarded { prior, .. } if prior != local => return Ok(Versioned::OutOfSync { local }),
+            NextVersion::Forwarded { prior, version } => (prior, version),
+        };
+        assert!(version > prior, "{chunk}: a change moves the chunk's version forward");
+        change(self, version)?;
+        Ok(Versioned::Written { prior, version })
+    }
+
     /// Applies one write, crash-consistently: new metadata and checksums (with what
     /// recovery needs, see [`Unsynced`]) first, then the bytes; a synced write then makes the
     /// chunk's file durable.
@@ -269,26 +356,41 @@ impl ChunkStore {
         let path = disk.chunk_path(&chunk);
         let old = disk.meta(&chunk)?;
         let old_length = old.as_ref().map_or(0, |m| m.length_bytes);
-        let (first_block, end_block) = block_span(op.offset, op.data.len() as u64);
-        let mut groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
+        let mut groups = BTreeMap::new();
+        for extent in op.extents {
+            let (first_block, end_block) = extent.blocks();
+            Self::load_groups_into(disk, &chunk, first_block, end_block, &mut groups)?;
+        }
         let file = match old {
             Some(_) => disk.open_chunk(&chunk, true),
             None => disk.create_chunk(&chunk),
         }
         .map_err(io_error("open chunk", &path))?;
-        let updates = Self::plan_write(&chunk, &path, &file, &op, old_length, &groups)?;
-        let direct = match Self::direct_span(&op, &updates) {
-            Some(_) => disk.open_chunk_direct(&chunk).map_err(io_error("open chunk", &path))?,
-            None => None,
-        };
-        let unsynced = self.unsynced_for(disk, &chunk, &file, old_length, &groups, &updates)?;
-        let keeps_durable_bytes = updates
+        let end = op.extents.iter().map(Extent::end).max().expect("a write has a range");
+        let length_bytes = old_length.max(end);
+        let plans = op
+            .extents
             .iter()
-            .any(|u| u.keeps_bytes && unsynced.was_durable(u.block, BLOCK_SIZE_BYTES as u64));
-        for update in &updates {
+            .map(|extent| Self::plan_write(&chunk, &path, &file, extent, old_length, length_bytes, &groups))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let direct_spans: Vec<_> = op
+            .extents
+            .iter()
+            .zip(&plans)
+            .map(|(extent, updates)| Self::direct_span(extent, updates))
+            .collect();
+        let direct = match direct_spans.iter().any(Option::is_some) {
+            true => disk.open_chunk_direct(&chunk).map_err(io_error("open chunk", &path))?,
+            false => None,
+        };
+        let unsynced = self.unsynced_for(disk, &chunk, &file, old_length, &groups, &plans)?;
+        let keeps_durable_bytes = plans
+            .iter()
+            .flatten()
+            .any(|u| u.keeps_bytes && unsynced.head.was_durable(u.block, BLOCK_SIZE_BYTES as u64));
+        for update in plans.iter().flatten() {
             set_crc(&mut groups, update.block, Some(update.crc));
         }
-        let length_bytes = old_length.max(op.offset + op.data.len() as u64);
         let batch = Self::intent_batch(disk, &chunk, &op, length_bytes, &groups, &unsynced);
         // Durable first where a crash could otherwise cost bytes this write does not touch,
         // or where the write must be durable anyway.
@@ -298,18 +400,11 @@ impl ChunkStore {
             Durability::Buffered
         };
         disk.engine().write(batch, durability)?;
-        if let Err(error) = Self::write_blocks(&file, direct.as_ref(), &op, &updates) {
-            // Put the checksums back in line with what reached the file.
-            let recovered = recovery::recover_chunk(disk, &chunk);
-            tracing::warn!(%chunk, ?recovered, "a write failed part-way; its chunk was verified again");
-            return Err(if is_no_space(&error) {
-                StoreError::NoSpace {
-                    chunk,
-                    disk: disk.root().to_path_buf(),
-                }
-            } else {
-                io_error("write chunk", &path)(error)
-            });
+        for ((extent, updates), span) in op.extents.iter().zip(&plans).zip(&direct_spans) {
+            let direct = direct.as_ref().filter(|_| span.is_some());
+            if let Err(error) = Self::write_blocks(&file, direct, extent, updates) {
+                return Err(Self::failed_write(disk, &chunk, &path, error));
+            }
         }
         if op.sync {
             file.sync_data().map_err(io_error("sync chunk", &path))?;
@@ -320,24 +415,51 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Bad input gets an error; a caller's broken promise (checked CRCs) an assertion.
+    /// A write that failed part-way: the checksums are put back in line with what reached
+    /// the file, and the error says whether the disk is full.
+    fn failed_write(disk: &Disk, chunk: &ChunkId, path: &Path, error: io::Error) -> StoreError {
+        let recovered = recovery::recover_chunk(disk, chunk);
+        tracing::warn!(%chunk, ?recovered, "a write failed part-way; its chunk was verified again");
+        if is_no_space(&error) {
+            StoreError::NoSpace {
+                chunk: *chunk,
+                disk: disk.root().to_path_buf(),
+            }
+        } else {
+            io_error("write chunk", path)(error)
+        }
+    }
+
+    /// Bad input gets an error; a caller's broken promise (checked CRCs, sorted ranges that
+    /// share no block) an assertion.
     fn check_write(chunk: &ChunkId, op: &WriteOp<'_>) -> StoreResult<()> {
-        let end = op.offset + op.data.len() as u64;
-        if end > MAX_CHUNK_SIZE_BYTES || op.data.len() > MAX_WRITE_BYTES {
+        let bytes: usize = op.extents.iter().map(|e| e.data.len()).sum();
+        let blocks: u64 = op.extents.iter().map(|e| e.blocks().1 - e.blocks().0).sum();
+        let end = op.extents.iter().map(Extent::end).max().unwrap_or(0);
+        if end > MAX_CHUNK_SIZE_BYTES || bytes > MAX_WRITE_BYTES || blocks > MAX_WRITE_BLOCKS as u64 {
             return Err(StoreError::Invalid {
                 chunk: *chunk,
                 message: format!(
-                    "write of {} bytes ending at {end}: writes carry at most {MAX_WRITE_BYTES} bytes and end by {MAX_CHUNK_SIZE_BYTES}",
-                    op.data.len()
+                    "write of {bytes} bytes in {blocks} blocks ending at {end}: writes carry at most \
+                     {MAX_WRITE_BYTES} bytes in {MAX_WRITE_BLOCKS} blocks and end by {MAX_CHUNK_SIZE_BYTES}"
                 ),
             });
         }
-        assert!(!op.data.is_empty(), "{chunk}: an empty write");
-        assert_eq!(
-            op.payload_crcs.len(),
-            op.data.len().div_ceil(BLOCK_SIZE_BYTES),
-            "{chunk}: one payload checksum per 4 KiB piece"
-        );
+        assert!(!op.extents.is_empty(), "{chunk}: a write without a range");
+        for extent in op.extents {
+            assert!(!extent.data.is_empty(), "{chunk}: an empty range");
+            assert_eq!(
+                extent.payload_crcs.len(),
+                extent.data.len().div_ceil(BLOCK_SIZE_BYTES),
+                "{chunk}: one payload checksum per 4 KiB piece"
+            );
+        }
+        for pair in op.extents.windows(2) {
+            assert!(
+                pair[0].blocks().1 <= pair[1].blocks().0,
+                "{chunk}: the ranges of a write are sorted and share no block"
+            );
+        }
         Ok(())
     }
 
@@ -349,7 +471,7 @@ impl ChunkStore {
         op: &WriteOp<'_>,
         length_bytes: u64,
         groups: &BTreeMap<u64, CrcGroup>,
-        unsynced: &Unsynced,
+        unsynced: &UnsyncedChange,
     ) -> WriteBatch {
         let meta = ChunkMeta {
             chain_id: op.chain_id,
@@ -361,7 +483,12 @@ impl ChunkStore {
         for (group, crcs) in groups {
             disk.put_crc_group(&mut batch, chunk, *group, crcs);
         }
-        disk.put_unsynced(&mut batch, chunk, unsynced);
+        if unsynced.fresh {
+            disk.put_unsynced_head(&mut batch, chunk, unsynced.head.durable_length_bytes);
+        }
+        for (block, versions) in &unsynced.blocks {
+            disk.put_unsynced_block(&mut batch, chunk, *block, versions);
+        }
         if op.dirty {
             batch.put(SPACE_DIRTY, chunk.key().to_vec(), op.chain_id.to_be_bytes().to_vec());
         } else {
@@ -376,14 +503,18 @@ impl ChunkStore {
         chunk: &ChunkId,
         path: &Path,
         file: &File,
-        op: &WriteOp<'_>,
+        op: &Extent<'_>,
         old_length: u64,
+        new_length: u64,
         groups: &BTreeMap<u64, CrcGroup>,
     ) -> StoreResult<Vec<BlockUpdate>> {
         let block = BLOCK_SIZE_BYTES as u64;
-        let end = op.offset + op.data.len() as u64;
-        let new_length = old_length.max(end);
-        let (first_block, end_block) = block_span(op.offset, op.data.len() as u64);
+        let end = op.end();
+        assert!(
+            new_length >= old_length.max(end),
+            "{chunk}: a write's length covers its ranges"
+        );
+        let (first_block, end_block) = op.blocks();
         let mut updates = Vec::with_capacity((end_block - first_block) as usize);
         for b in first_block..end_block {
             let block_start = b * block;
@@ -443,9 +574,9 @@ impl ChunkStore {
 
     /// The range of the chunk written straight from the payload (between merged partial
     /// blocks at either end), if any.
-    fn payload_span(op: &WriteOp<'_>, updates: &[BlockUpdate]) -> Option<(u64, u64)> {
+    fn payload_span(op: &Extent<'_>, updates: &[BlockUpdate]) -> Option<(u64, u64)> {
         let block = BLOCK_SIZE_BYTES as u64;
-        let end = op.offset + op.data.len() as u64;
+        let end = op.end();
         let (mut from, mut to) = (op.offset, end);
         let first = updates.first().expect("a write changes at least one block");
         if first.merged.is_some() {
@@ -461,7 +592,7 @@ impl ChunkStore {
     /// The payload span, if it can go to the disk past the page cache: large (small random
     /// writes are cheaper through the cache, which the maintenance sync flushes later),
     /// and aligned in the file and in memory as O_DIRECT requires.
-    fn direct_span(op: &WriteOp<'_>, updates: &[BlockUpdate]) -> Option<(u64, u64)> {
+    fn direct_span(op: &Extent<'_>, updates: &[BlockUpdate]) -> Option<(u64, u64)> {
         let (from, to) = Self::payload_span(op, updates)?;
         let align = BLOCK_SIZE_BYTES as u64;
         let address = op.data.as_ptr() as u64 + (from - op.offset);
@@ -469,9 +600,9 @@ impl ChunkStore {
         (aligned && to - from >= MIN_DIRECT_WRITE_BYTES).then_some((from, to))
     }
 
-    /// Writes the planned blocks: merged partial blocks whole, the rest straight from the
-    /// payload (through `direct` where [`Self::direct_span`] allows).
-    fn write_blocks(file: &File, direct: Option<&File>, op: &WriteOp<'_>, updates: &[BlockUpdate]) -> io::Result<()> {
+    /// Writes one range's planned blocks: merged partial blocks whole, the rest straight
+    /// from the payload (through `direct`, given only where [`Self::direct_span`] allows).
+    fn write_blocks(file: &File, direct: Option<&File>, op: &Extent<'_>, updates: &[BlockUpdate]) -> io::Result<()> {
         let block = BLOCK_SIZE_BYTES as u64;
         let first = updates.first().expect("a write changes at least one block");
         if let Some(merged) = &first.merged {
@@ -485,7 +616,7 @@ impl ChunkStore {
         }
         if let Some((from, to)) = Self::payload_span(op, updates) {
             let bytes = &op.data[(from - op.offset) as usize..(to - op.offset) as usize];
-            match direct.filter(|_| Self::direct_span(op, updates).is_some()) {
+            match direct {
                 Some(direct) => direct.write_all_at(bytes, from)?,
                 None => file.write_all_at(bytes, from)?,
             }
@@ -493,8 +624,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// The chunk's [`Unsynced`] record with `updates` noted. If it would outgrow its bounds,
-    /// the chunk is made durable first and a fresh record started.
+    /// What the chunk's [`Unsynced`] record needs for `plans`. If a block would outgrow
+    /// its bound, the chunk is made durable first and a fresh record started.
     fn unsynced_for(
         &self,
         disk: &Disk,
@@ -502,23 +633,45 @@ impl ChunkStore {
         file: &File,
         old_length: u64,
         groups: &BTreeMap<u64, CrcGroup>,
-        updates: &[BlockUpdate],
-    ) -> StoreResult<Unsynced> {
-        let note_all = |record: &mut Unsynced| {
-            updates
-                .iter()
-                .all(|u| record.note_change(u.block, BLOCK_SIZE_BYTES as u64, Self::stored_crc(groups, u.block)))
-        };
-        let mut record = disk
-            .unsynced(chunk)?
-            .unwrap_or_else(|| Unsynced::starting_at(old_length));
-        if note_all(&mut record) {
-            return Ok(record);
+        plans: &[Vec<BlockUpdate>],
+    ) -> StoreResult<UnsyncedChange> {
+        if let Some(change) = Self::note_changes(disk, chunk, old_length, groups, plans)? {
+            return Ok(change);
         }
         Self::settle(disk, chunk, file)?;
-        let mut record = Unsynced::starting_at(old_length);
-        assert!(note_all(&mut record), "{chunk}: one write always fits a fresh record");
-        Ok(record)
+        let change = Self::note_changes(disk, chunk, old_length, groups, plans)?;
+        Ok(change.expect("one write always fits a fresh record"))
+    }
+
+    /// The record's head (started at `old_length` if the chunk has none) and the changed
+    /// blocks' earlier checksums with their current one noted; None if one is full.
+    fn note_changes(
+        disk: &Disk,
+        chunk: &ChunkId,
+        old_length: u64,
+        groups: &BTreeMap<u64, CrcGroup>,
+        plans: &[Vec<BlockUpdate>],
+    ) -> StoreResult<Option<UnsyncedChange>> {
+        let (head, fresh) = match disk.unsynced_head(chunk)? {
+            Some(head) => (head, false),
+            None => (Unsynced::starting_at(old_length), true),
+        };
+        let mut blocks = Vec::new();
+        for update in plans.iter().flatten() {
+            if !head.was_durable(update.block, BLOCK_SIZE_BYTES as u64) {
+                continue;
+            }
+            let mut versions = match fresh {
+                true => Vec::new(),
+                false => disk.unsynced_block(chunk, update.block)?,
+            };
+            match meta::note_earlier(&mut versions, Self::stored_crc(groups, update.block)) {
+                Noted::Known => {}
+                Noted::Added => blocks.push((update.block, versions)),
+                Noted::Full => return Ok(None),
+            }
+        }
+        Ok(Some(UnsyncedChange { head, fresh, blocks }))
     }
 
     /// Makes the bytes written to `chunk` durable and forgets its [`Unsynced`] record. No
@@ -640,7 +793,7 @@ impl ChunkStore {
         let mut cut = None;
         if op.length_bytes < meta.length_bytes {
             let file = disk.open_chunk(&chunk, true).map_err(io_error("open chunk", &path))?;
-            if disk.unsynced(&chunk)?.is_some() {
+            if disk.unsynced_head(&chunk)?.is_some() {
                 // Earlier unsynced versions of the tail block would not survive the cut as
                 // checksums recovery could match: make them durable first.
                 Self::settle(disk, &chunk, &file)?;
@@ -653,7 +806,7 @@ impl ChunkStore {
                     disk.put_crc_group(&mut batch, &chunk, *group, crcs);
                 }
             }
-            disk.put_unsynced(&mut batch, &chunk, &Unsynced::starting_at(meta.length_bytes));
+            disk.put_unsynced_head(&mut batch, &chunk, meta.length_bytes);
             meta.length_bytes = op.length_bytes;
             cut = Some(file);
         }
@@ -761,7 +914,7 @@ impl ChunkStore {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(io_error("open chunk", &path)(error)),
         }
-        if disk.unsynced(chunk)?.is_some() {
+        if disk.unsynced_head(chunk)?.is_some() {
             // Durable no sooner than the batches before it in the log.
             let mut batch = WriteBatch::new();
             disk.delete_unsynced(&mut batch, chunk);

@@ -1,5 +1,5 @@
-//! The store against a plain byte vector: random writes and truncations at any offset, then
-//! every read must match; and damage on disk must be detected, never returned.
+//! The store against a plain byte vector: random writes (of one range or several, as a head
+//! merges them) and truncations at any offset, then every read must match; and damage on disk must be detected, never returned.
 
 use proptest::prelude::*;
 
@@ -17,16 +17,60 @@ fn write(store: &ChunkStore, offset: u64, data: &[u8], version: u64) {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { offset: u64, length: usize, seed: u8 },
-    Truncate { length: u64 },
+    Write {
+        offset: u64,
+        length: usize,
+        seed: u8,
+    },
+    /// Several ranges in one write; those that would share a block with an earlier one are
+    /// dropped, as a merging head leaves them for its next round.
+    Merged {
+        parts: Vec<(u64, usize, u8)>,
+    },
+    Truncate {
+        length: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let span = 5 * BLOCK_SIZE_BYTES as u64 + 100;
+    let part = (0..span, 1usize..BLOCK_SIZE_BYTES + 10, any::<u8>());
     prop_oneof![
         4 => (0..span, 1usize..3 * BLOCK_SIZE_BYTES, any::<u8>()).prop_map(|(offset, length, seed)| Op::Write { offset, length, seed }),
+        2 => proptest::collection::vec(part, 2..5).prop_map(|parts| Op::Merged { parts }),
         1 => (0..span).prop_map(|length| Op::Truncate { length }),
     ]
+}
+
+fn pattern(length: usize, seed: u8) -> Vec<u8> {
+    (0..length)
+        .map(|i| seed.wrapping_add(i as u8).wrapping_mul(31))
+        .collect()
+}
+
+fn put(model: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if model.len() < end {
+        model.resize(end, 0);
+    }
+    model[offset as usize..end].copy_from_slice(data);
+}
+
+/// `parts` sorted, without those sharing a block with an earlier one, with their bytes.
+fn disjoint_parts(parts: &[(u64, usize, u8)]) -> Vec<(u64, Vec<u8>)> {
+    let mut parts = parts.to_vec();
+    parts.sort();
+    let mut kept: Vec<(u64, Vec<u8>)> = Vec::new();
+    let block = BLOCK_SIZE_BYTES as u64;
+    for (offset, length, seed) in parts {
+        let apart = kept
+            .last()
+            .is_none_or(|(o, d)| (o + d.len() as u64).div_ceil(block) <= offset / block);
+        if apart {
+            kept.push((offset, pattern(length, seed)));
+        }
+    }
+    kept
 }
 
 proptest! {
@@ -41,13 +85,23 @@ proptest! {
             let version = version as u64 + 1;
             match op {
                 Op::Write { offset, length, seed } => {
-                    let data: Vec<u8> = (0..*length).map(|i| seed.wrapping_add(i as u8).wrapping_mul(31)).collect();
+                    let data = pattern(*length, *seed);
                     write(&store, *offset, &data, version);
-                    let end = *offset as usize + length;
-                    if model.len() < end {
-                        model.resize(end, 0);
+                    put(&mut model, *offset, &data);
+                }
+                Op::Merged { parts } => {
+                    let parts = disjoint_parts(parts);
+                    let crcs: Vec<Vec<u32>> = parts.iter().map(|(_, data)| payload_crcs(data)).collect();
+                    let extents: Vec<Extent> = parts
+                        .iter()
+                        .zip(&crcs)
+                        .map(|((offset, data), crcs)| Extent { offset: *offset, data, payload_crcs: crcs })
+                        .collect();
+                    let op = WriteOp { chain_id: 5, extents: &extents, version, dirty: false, sync: false };
+                    store.write(CHUNK, op).unwrap();
+                    for (offset, data) in &parts {
+                        put(&mut model, *offset, data);
                     }
-                    model[*offset as usize..end].copy_from_slice(&data);
                 }
                 Op::Truncate { length } => {
                     store
@@ -108,9 +162,11 @@ fn a_flipped_byte_is_detected_not_returned() {
         CHUNK,
         WriteOp {
             chain_id: 5,
-            offset: 4096 + 3,
-            data: b"x",
-            payload_crcs: &crcs,
+            extents: &[Extent {
+                offset: 4096 + 3,
+                data: b"x",
+                payload_crcs: &crcs,
+            }],
             version: 2,
             dirty: false,
             sync: false,
@@ -167,9 +223,11 @@ fn files_are_listed_once_each_in_key_order_across_disks() {
     for (volume_id, ino, index) in [(1, 7, 0), (1, 7, 1), (1, 7, 2), (1, 8, 0), (2, 1, 0), (2, 1, 5)] {
         let op = WriteOp {
             chain_id: 5,
-            offset: 0,
-            data: &data,
-            payload_crcs: &crcs,
+            extents: &[Extent {
+                offset: 0,
+                data: &data,
+                payload_crcs: &crcs,
+            }],
             version: 1,
             dirty: false,
             sync: false,
@@ -186,9 +244,11 @@ fn write_synced(store: &ChunkStore, offset: u64, data: &[u8], version: u64, sync
     let crcs = payload_crcs(data);
     let op = WriteOp {
         chain_id: 5,
-        offset,
-        data,
-        payload_crcs: &crcs,
+        extents: &[Extent {
+            offset,
+            data,
+            payload_crcs: &crcs,
+        }],
         version,
         dirty: false,
         sync,
