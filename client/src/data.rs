@@ -133,19 +133,38 @@ enum Attempt<T> {
     Retry(String),
 }
 
-/// A chain head as one attempt reaches it: by gRPC, or by frames for chunk bytes.
+/// A chain head as one attempt reaches it: by frames for chunk bytes, or by gRPC for the
+/// other calls (a gRPC client is made only for those).
 struct Head {
     address: String,
-    grpc: DataServiceClient<Channel>,
+    grpc: Option<DataServiceClient<Channel>>,
     frames: Arc<FrameClient>,
 }
 
-fn classify<T>(result: Result<T, tonic::Status>, who: &str) -> Attempt<T> {
+/// Which transport an attempt at a head uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Frames,
+    Grpc,
+}
+
+impl Head {
+    fn grpc(&mut self) -> &mut DataServiceClient<Channel> {
+        self.grpc
+            .as_mut()
+            .expect("a gRPC call at a head asks for Transport::Grpc")
+    }
+}
+
+/// A description made only when it is needed: on the success path nothing is formatted.
+type Describe<'a> = &'a (dyn Fn() -> String + Sync);
+
+fn classify<T>(result: Result<T, tonic::Status>, who: Describe<'_>) -> Attempt<T> {
     match result {
         Ok(reply) => Attempt::Done(reply),
         Err(status) => match FsError::from_status(&status) {
             Some(error) if error.errno != Errno::EIO => Attempt::Fail(ClientError::Fs(error)),
-            _ => Attempt::Retry(format!("{who}: {} ({})", status.message(), status.code())),
+            _ => Attempt::Retry(format!("{}: {} ({})", who(), status.message(), status.code())),
         },
     }
 }
@@ -229,7 +248,13 @@ impl DataClient {
 
     /// Runs `attempt` against the chain's head until it succeeds, fails for good, or the
     /// deadline passes.
-    async fn at_head<T, F, Fut>(&self, what: &str, chain_id: u64, mut attempt: F) -> Result<T, ClientError>
+    async fn at_head<T, F, Fut>(
+        &self,
+        what: Describe<'_>,
+        transport: Transport,
+        chain_id: u64,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(Head, ChainInfo) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -241,7 +266,7 @@ impl DataClient {
             let (table, chain) = self.table_with(chain_id).await?;
             let last_error = match chain.unavailable() {
                 Some(reason) => reason,
-                None => match self.attempt_at_head(&table, &chain, &mut attempt).await? {
+                None => match self.attempt_at_head(&table, &chain, transport, &mut attempt).await? {
                     Attempt::Done(value) => return Ok(value),
                     Attempt::Fail(error) => return Err(error),
                     Attempt::Retry(message) => message,
@@ -256,27 +281,29 @@ impl DataClient {
         &self,
         table: &ChainTable,
         chain: &ChainInfo,
+        transport: Transport,
         attempt: &mut F,
     ) -> Result<Attempt<T>, ClientError>
     where
         F: FnMut(Head, ChainInfo) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let Some((head, address)) = chain
-            .head()
-            .and_then(|head| table.address(head).map(|a| (head, a.to_string())))
-        else {
+        let Some((head, address)) = chain.head().and_then(|head| table.address(head).map(|a| (head, a))) else {
             return Ok(Attempt::Retry(format!("chain {} has no reachable head", chain.id)));
         };
-        let who = format!("data service {head} at {address}");
+        let who = || format!("data service {head} at {address}");
+        let grpc = match transport {
+            Transport::Grpc => Some(self.client(address)?),
+            Transport::Frames => None,
+        };
         let target = Head {
-            grpc: self.client(&address)?,
-            address,
+            grpc,
+            address: address.to_string(),
             frames: self.frames.clone(),
         };
         Ok(
             match tokio::time::timeout(CALL_TIMEOUT, attempt(target, chain.clone())).await {
-                Err(_) => Attempt::Retry(format!("{who}: no answer within {CALL_TIMEOUT:?}")),
+                Err(_) => Attempt::Retry(format!("{}: no answer within {CALL_TIMEOUT:?}", who())),
                 Ok(result) => classify(result, &who),
             },
         )
@@ -284,7 +311,7 @@ impl DataClient {
 
     async fn give_up_or_wait(
         &self,
-        what: &str,
+        what: Describe<'_>,
         attempts: u32,
         started: Instant,
         last_error: String,
@@ -292,14 +319,14 @@ impl DataClient {
         let waited = started.elapsed();
         if waited >= self.policy.deadline || attempts >= self.policy.max_attempts {
             return Err(ClientError::Unavailable {
-                operation: what.to_string(),
+                operation: what(),
                 attempts,
                 waited_ms: waited.as_millis() as u64,
                 last_error,
                 addresses: "the data services of the chain".into(),
             });
         }
-        tracing::debug!(what, attempts, %last_error, "retrying data call");
+        tracing::debug!(what = what(), attempts, %last_error, "retrying data call");
         tokio::time::sleep(self.policy.backoff(attempts)).await;
         let _ = self.chains.refresh().await;
         Ok(())
@@ -328,11 +355,13 @@ impl DataClient {
     async fn write_piece(&self, layout: &FileLayout, piece: Piece, data: Bytes, sync: bool) -> Result<(), ClientError> {
         let crcs = payload_crcs(&data);
         let chain_id = layout.chain_of(piece.index);
-        let what = format!(
-            "write of {} bytes to chunk {} of inode {}",
-            piece.length, piece.index, layout.ino
-        );
-        self.at_head(&what, chain_id, |head, chain| {
+        let what = || {
+            format!(
+                "write of {} bytes to chunk {} of inode {}",
+                piece.length, piece.index, layout.ino
+            )
+        };
+        self.at_head(&what, Transport::Frames, chain_id, |head, chain| {
             let request = pb::WriteRequest {
                 chain_id,
                 chain_version: chain.version,
@@ -386,10 +415,12 @@ impl DataClient {
 
     async fn read_piece(&self, layout: &FileLayout, piece: Piece) -> Result<Bytes, ClientError> {
         let chain_id = layout.chain_of(piece.index);
-        let what = format!(
-            "read of {} bytes from chunk {} of inode {}",
-            piece.length, piece.index, layout.ino
-        );
+        let what = || {
+            format!(
+                "read of {} bytes from chunk {} of inode {}",
+                piece.length, piece.index, layout.ino
+            )
+        };
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
@@ -411,15 +442,16 @@ impl DataClient {
                     length: piece.length as u32,
                 };
                 let outcome = tokio::time::timeout(CALL_TIMEOUT, self.frames.read(address, request)).await;
-                let who = format!("data service {member} at {address}");
+                let who = || format!("data service {member} at {address}");
                 match outcome {
-                    Err(_) => last_error = format!("{who}: no answer within {CALL_TIMEOUT:?}"),
+                    Err(_) => last_error = format!("{}: no answer within {CALL_TIMEOUT:?}", who()),
                     Ok(result) => match classify(result, &who) {
                         Attempt::Done(reply) => {
                             if reply.data.len() as u64 != piece.length {
-                                last_error = format!("{who}: returned {} of {} bytes", reply.data.len(), piece.length);
+                                last_error =
+                                    format!("{}: returned {} of {} bytes", who(), reply.data.len(), piece.length);
                             } else if let Err(bad) = verify_payload(&reply.data, &reply.payload_crcs) {
-                                last_error = format!("{who}: piece {bad} damaged in transit");
+                                last_error = format!("{}: piece {bad} damaged in transit", who());
                             } else {
                                 return Ok(reply.data);
                             }
@@ -486,13 +518,13 @@ impl DataClient {
                 .push(layout.chunk(*index));
         }
         let results = futures::stream::iter(by_chain.into_iter().map(|(chain_id, chunks)| async move {
-            self.at_head("sync", chain_id, |mut head, chain| {
+            self.at_head(&|| "sync".into(), Transport::Grpc, chain_id, |mut head, chain| {
                 let request = pb::SyncRequest {
                     chain_id,
                     chain_version: chain.version,
                     chunks: chunks.clone(),
                 };
-                async move { head.grpc.sync(request).await.map(tonic::Response::into_inner) }
+                async move { head.grpc().sync(request).await.map(tonic::Response::into_inner) }
             })
             .await
         }))
@@ -523,7 +555,7 @@ impl DataClient {
         }
         let results = futures::stream::iter(work.into_iter().map(|(index, length_bytes, remove)| async move {
             let chain_id = layout.chain_of(index);
-            self.at_head("truncate", chain_id, |mut head, chain| {
+            self.at_head(&|| "truncate".into(), Transport::Grpc, chain_id, |mut head, chain| {
                 let request = pb::TruncateRequest {
                     chain_id,
                     chain_version: chain.version,
@@ -533,7 +565,7 @@ impl DataClient {
                     chunk_version: 0,
                     prior_chunk_version: 0,
                 };
-                async move { head.grpc.truncate(request).await.map(tonic::Response::into_inner) }
+                async move { head.grpc().truncate(request).await.map(tonic::Response::into_inner) }
             })
             .await
         }))
