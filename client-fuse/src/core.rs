@@ -25,8 +25,9 @@ pub struct FsConfig {
     /// Memory for read-ahead blocks (0 turns read-ahead off). (A mount's memory comes from
     /// its process's pool, `budget.rs`; these say what it asks for.)
     pub read_cache_bytes: u64,
-    /// Most blocks read ahead of a sequential reader.
-    pub read_ahead_blocks: u64,
+    /// Most blocks read ahead of a sequential reader; None: one stripe of the file (see
+    /// [`AUTO_READ_AHEAD_BLOCKS`]).
+    pub read_ahead_blocks: Option<u64>,
     /// Most inodes remembered beyond those open or being written.
     pub max_inodes: usize,
     /// Most FUSE requests processed at once.
@@ -40,6 +41,12 @@ pub struct FsConfig {
     /// When reads and listings update atime.
     pub atime: AtimeMode,
 }
+
+/// Blocks read ahead of a sequential reader when the mount does not say: a whole stripe
+/// (chunk size times stripe width), so that every chain of the file is busy at once (with
+/// less, a reader of a 4-wide stripe of 4 MiB chunks pulls from two data services at a
+/// time), within these bounds.
+pub const AUTO_READ_AHEAD_BLOCKS: std::ops::RangeInclusive<u64> = 8..=32;
 
 /// When reads and listings update atime: the `noatime`, `relatime` and `strictatime` mount
 /// options, with Linux's meaning.
@@ -62,7 +69,7 @@ impl Default for FsConfig {
             entry_ttl: Duration::from_secs(1),
             read_only: false,
             read_cache_bytes: 256 << 20,
-            read_ahead_blocks: 8,
+            read_ahead_blocks: None,
             max_inodes: 100_000,
             max_in_flight: 1024,
             write_buffer_bytes: 256 << 20,
@@ -257,6 +264,15 @@ impl FsCore {
         self.writeback.drain(&self.data, layout.as_ref(), ino).await
     }
 
+    /// How many blocks to read ahead of a sequential reader of a file laid out as `layout`.
+    fn read_ahead_blocks(&self, layout: &FileLayout) -> u64 {
+        self.config.read_ahead_blocks.unwrap_or_else(|| {
+            let stripe_bytes = layout.chunk_size_bytes.saturating_mul(layout.chain_ids.len() as u64);
+            let (fewest, most) = AUTO_READ_AHEAD_BLOCKS.into_inner();
+            (stripe_bytes / BLOCK_BYTES).clamp(fewest, most)
+        })
+    }
+
     /// Reads `offset..end` of `ino` (end already capped at the file size). Sequential readers
     /// go through the read-ahead cache; others read exactly what they asked for.
     pub async fn read_data(
@@ -288,7 +304,7 @@ impl FsCore {
         }
         let first = offset / BLOCK_BYTES;
         let last = (end - 1) / BLOCK_BYTES;
-        let ahead = u64::from(streak).min(self.config.read_ahead_blocks);
+        let ahead = u64::from(streak).min(self.read_ahead_blocks(&layout));
         let blocks_in_file = file_size.div_ceil(BLOCK_BYTES);
         let mut wanted = Vec::new();
         for block in first..=(last + ahead).min(blocks_in_file.saturating_sub(1)).max(last) {

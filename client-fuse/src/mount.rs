@@ -101,7 +101,7 @@ impl MountOptions {
                 }
                 "cache_size" => self.fs.read_cache_bytes = size(key, value)?,
                 "read_ahead" => {
-                    self.fs.read_ahead_blocks = value.parse().with_context(|| format!("-o read_ahead={value}"))?
+                    self.fs.read_ahead_blocks = Some(value.parse().with_context(|| format!("-o read_ahead={value}"))?)
                 }
                 other => anyhow::bail!("unknown mount option {other:?} (see `shoal mount --help`)"),
             }
