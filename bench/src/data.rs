@@ -2,7 +2,6 @@
 //! and 4 KiB random reads, at replication 1 and 3, beside the same operations on the local
 //! disk in the same run.
 
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +11,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use shoal_client::{DataClient, FileLayout, file, proto as pb};
 use shoal_testkit::{ShoalCluster, shoal_binary};
+
+use crate::fio::drop_caches;
 
 const MIB: u64 = 1 << 20;
 
@@ -38,14 +39,6 @@ struct Figures {
     write_mib_s: f64,
     read_mib_s: f64,
     random_read_iops: f64,
-}
-
-/// Empties the page cache, so reads come from disk for Shoal and local disk alike.
-fn drop_caches() {
-    let _ = std::process::Command::new("sync").status();
-    if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open("/proc/sys/vm/drop_caches") {
-        let _ = file.write_all(b"3\n");
-    }
 }
 
 fn block(seed: u64) -> Vec<u8> {

@@ -91,16 +91,25 @@ pub fn jobs_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 /// Empties the page cache (root only; without it read figures would measure memory).
 pub fn drop_caches() {
-    let _ = Command::new("sync").status();
+    settle_disk();
     if let Ok(mut file) = std::fs::OpenOptions::new().write(true).open("/proc/sys/vm/drop_caches") {
         let _ = file.write_all(b"3\n");
     }
+}
+
+/// Writes every dirty page back (`sync`), so that a job does not pay for the bytes an
+/// earlier job or target left for the disk to flush (a 1 GiB local-disk write otherwise
+/// lands on the next target's disk time).
+pub fn settle_disk() {
+    let _ = Command::new("sync").status();
 }
 
 /// Runs `job` with its files in `dir` and returns its figure.
 pub fn run_job(jobs_dir: &Path, job: &Job, dir: &Path) -> anyhow::Result<f64> {
     if job.drop_caches_first {
         drop_caches();
+    } else {
+        settle_disk();
     }
     if let Some(file) = job.warm_file {
         // Only the bytes the job reads: the null file system's files claim 1 TiB.
