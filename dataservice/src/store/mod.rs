@@ -711,7 +711,16 @@ impl ChunkStore {
         let span_start = first_block * block;
         let span_end = (end_block * block).min(meta.length_bytes);
         let mut span = vec![0u8; (span_end - span_start) as usize];
-        let file = disk.open_chunk(&chunk, false).map_err(io_error("open chunk", &path))?;
+        let file = match disk.open_chunk(&chunk, false) {
+            Ok(file) => file,
+            // Removed since its metadata was read: a deleted file's chunks are dropped
+            // without the chunk's lock, so a read racing the drop sees it missing, as it
+            // would a moment later. A file missing under live metadata is still an error.
+            Err(error) if error.kind() == io::ErrorKind::NotFound && disk.meta(&chunk)?.is_none() => {
+                return Ok(zeros(0, 0));
+            }
+            Err(error) => return Err(io_error("open chunk", &path)(error)),
+        };
         read_full_at(&file, &mut span, span_start).map_err(io_error("read chunk", &path))?;
         let groups = Self::load_groups(disk, &chunk, first_block, end_block)?;
         for b in first_block..end_block {
