@@ -110,6 +110,9 @@ async fn fill_successors(node: &Arc<DataNode>) {
         let Some(address) = table.address(successor).map(str::to_string) else {
             continue;
         };
+        // Changes resolved against a table without the successor finish before the fill
+        // looks at what to copy; later ones forward to it (see `locks`).
+        drop(node.gates.write(&chain.id).await);
         match fill(node, &chain, successor, &address).await {
             Ok(copied) => {
                 let request = registry_pb::ChainSyncDoneRequest {

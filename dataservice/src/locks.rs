@@ -1,78 +1,98 @@
-//! Per-chunk ordering: one reader-writer lock per chunk that someone is using.
+//! Per-chunk ordering and per-chain gates: one reader-writer lock per key in use.
 //!
-//! Writers hold a chunk's lock from their local write until the chain downstream has
-//! acknowledged, so one chunk has at most one write in flight per chain and replicas apply
-//! writes in the same order. Readers share the lock, so a read never sees a write that the
-//! tail has not acknowledged yet at this member.
+//! Chunk locks: writers hold a chunk's lock from their local write until the chain
+//! downstream has acknowledged, so one chunk has at most one write in flight per chain and
+//! replicas apply writes in the same order. Readers share the lock, so a read never sees a
+//! write that the tail has not acknowledged yet at this member.
 //!
-//! Every chunk has a lock of its own, never one shared with another chunk: a writer holds
-//! its lock across a call to the next member, and two chunks whose chains run through the
-//! same members in opposite directions would otherwise wait on each other forever.
+//! Chain gates: every chain change (write, truncate, received copy) holds its chain's gate
+//! shared from before it resolves the chain until it is done here and downstream. A fill
+//! passes the gate exclusively once before it lists what to copy, so every change resolved
+//! against a table without the member being filled has finished by then, and every later
+//! one forwards to it: no change can land here after the fill looked and skip the new member.
+//!
+//! Every key has a lock of its own, never one shared with another key: a writer holds its
+//! chunk's lock across a call to the next member, and two chunks whose chains run through
+//! the same members in opposite directions would otherwise wait on each other forever.
 //! Invariant: the table holds an entry only while a guard or a waiter for it exists (a
-//! waiter that gives up leaves its entry to the chunk's next user to remove), so its size
+//! waiter that gives up leaves its entry to the key's next user to remove), so its size
 //! is bounded by the requests in flight.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use crate::store::ChunkId;
 
-type Table = Mutex<HashMap<ChunkId, Arc<RwLock<()>>>>;
+type Table<K> = Mutex<HashMap<K, Arc<RwLock<()>>>>;
 
-#[derive(Default)]
-pub struct ChunkLocks {
-    table: Arc<Table>,
+pub struct KeyedLocks<K> {
+    table: Arc<Table<K>>,
 }
 
-/// Holds one chunk's lock; removes the chunk's entry when the last user lets go.
-pub struct ChunkGuard<G> {
+/// One lock per chunk.
+pub type ChunkLocks = KeyedLocks<ChunkId>;
+/// One gate per chain id.
+pub type ChainGates = KeyedLocks<u64>;
+
+impl<K> Default for KeyedLocks<K> {
+    fn default() -> Self {
+        KeyedLocks { table: Arc::default() }
+    }
+}
+
+/// Holds one key's lock; removes the key's entry when the last user lets go.
+pub struct KeyGuard<K: Eq + Hash + Copy, G> {
     guard: Option<G>,
-    chunk: ChunkId,
-    table: Arc<Table>,
+    key: K,
+    table: Arc<Table<K>>,
 }
 
-impl<G> Drop for ChunkGuard<G> {
+pub type WriteGuard<K> = KeyGuard<K, OwnedRwLockWriteGuard<()>>;
+pub type ReadGuard<K> = KeyGuard<K, OwnedRwLockReadGuard<()>>;
+
+impl<K: Eq + Hash + Copy, G> Drop for KeyGuard<K, G> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut table = self.table.lock().expect("chunk lock table poisoned");
+        let mut table = self.table.lock().expect("lock table poisoned");
         // Users clone the entry under the table's mutex, so a count of one (the table's
         // own) means nobody holds or waits for this lock.
-        if table.get(&self.chunk).is_some_and(|lock| Arc::strong_count(lock) == 1) {
-            table.remove(&self.chunk);
+        if table.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            table.remove(&self.key);
         }
     }
 }
 
-impl ChunkLocks {
-    fn entry(&self, chunk: &ChunkId) -> Arc<RwLock<()>> {
-        let mut table = self.table.lock().expect("chunk lock table poisoned");
-        table.entry(*chunk).or_default().clone()
+impl<K: Eq + Hash + Copy> KeyedLocks<K> {
+    fn entry(&self, key: &K) -> Arc<RwLock<()>> {
+        let mut table = self.table.lock().expect("lock table poisoned");
+        table.entry(*key).or_default().clone()
     }
 
-    pub async fn write(&self, chunk: &ChunkId) -> ChunkGuard<OwnedRwLockWriteGuard<()>> {
-        let lock = self.entry(chunk);
-        ChunkGuard {
+    pub async fn write(&self, key: &K) -> WriteGuard<K> {
+        let lock = self.entry(key);
+        KeyGuard {
             guard: Some(lock.write_owned().await),
-            chunk: *chunk,
+            key: *key,
             table: self.table.clone(),
         }
     }
 
-    pub async fn read(&self, chunk: &ChunkId) -> ChunkGuard<OwnedRwLockReadGuard<()>> {
-        let lock = self.entry(chunk);
-        ChunkGuard {
+    pub async fn read(&self, key: &K) -> ReadGuard<K> {
+        let lock = self.entry(key);
+        KeyGuard {
             guard: Some(lock.read_owned().await),
-            chunk: *chunk,
+            key: *key,
             table: self.table.clone(),
         }
     }
 
-    /// Chunks with a lock entry (for tests: the table must not grow without bound).
+    /// Keys with a lock entry (for tests: the table must not grow without bound).
     #[cfg(test)]
     fn entries(&self) -> usize {
-        self.table.lock().expect("chunk lock table poisoned").len()
+        self.table.lock().expect("lock table poisoned").len()
     }
 }
 

@@ -25,7 +25,7 @@ use shoal_client::chains::{ChainCache, ChainInfo};
 use shoal_proto::data as pb;
 use tonic::Status;
 
-use crate::locks::ChunkLocks;
+use crate::locks::{ChainGates, ChunkLocks, ReadGuard, WriteGuard};
 use crate::merge::{self, WriteQueue};
 use crate::peers::Peers;
 use crate::stats::Stats;
@@ -48,6 +48,8 @@ pub struct DataNode {
     pub chains: ChainCache,
     pub peers: Peers,
     pub locks: ChunkLocks,
+    /// Held by every chain change from before it resolves its chain; see `locks`.
+    pub gates: ChainGates,
     queue: WriteQueue,
     pub stats: Stats,
     pub registry: RegistryClient,
@@ -79,6 +81,7 @@ impl DataNode {
             chains: ChainCache::new(registry.clone()),
             peers: Peers::default(),
             locks: ChunkLocks::default(),
+            gates: ChainGates::default(),
             queue: WriteQueue::default(),
             stats: Stats::default(),
             registry,
@@ -154,6 +157,7 @@ impl DataNode {
         let chunk = chunk_of(request.chunk)?;
         let ranges = merge::ranges(&chunk, &request)?;
         merge::verify(&chunk, &request, &ranges)?;
+        let gate = self.gates.read(&request.chain_id).await;
         let chain = self.chain(request.chain_id, request.chain_version).await?;
         let position = self.position(&chain)?;
         let forwarded = request.chunk_version != 0;
@@ -170,10 +174,15 @@ impl DataNode {
             ));
         }
         let chunk_version = if merge::mergeable(&request) {
-            self.write_queued(chain, chunk, request).await?
+            self.write_queued(gate, chain, chunk, request).await?
         } else {
-            let _guard = self.locks.write(&chunk).await;
-            self.apply_write(&chain, chunk, request).await?
+            let guard = self.locks.write(&chunk).await;
+            let node = self.clone();
+            detached(
+                (gate, guard),
+                async move { node.apply_write(&chain, chunk, request).await },
+            )
+            .await?
         };
         Ok(pb::WriteReply { chunk_version })
     }
@@ -183,6 +192,7 @@ impl DataNode {
     /// `merge`).
     async fn write_queued(
         self: &Arc<Self>,
+        gate: ReadGuard<u64>,
         chain: ChainInfo,
         chunk: ChunkId,
         request: pb::WriteRequest,
@@ -200,13 +210,14 @@ impl DataNode {
         Stats::add(&self.stats.writes_merged, batch.writes() as u64 - 1);
 
         let node = self.clone();
-        // A task of its own: other callers' writes ride on this round, so this caller giving
-        // up must not stop it half way.
-        tokio::spawn(async move {
-            let _guard = guard;
+        // Detached: other callers' writes ride on this round, so this caller giving up must
+        // not stop it half way.
+        let round = detached((gate, guard), async move {
             let outcome = node.apply_write(&chain, chunk, batch.request).await;
-            batch.replies.answer(outcome);
+            batch.replies.answer(outcome.clone());
+            outcome
         });
+        drop(round);
         ticket.outcome().await
     }
 
@@ -438,11 +449,12 @@ impl DataNode {
         }
     }
 
-    pub async fn truncate(&self, request: pb::TruncateRequest) -> Result<pb::TruncateReply, Status> {
+    pub async fn truncate(self: &Arc<Self>, request: pb::TruncateRequest) -> Result<pb::TruncateReply, Status> {
         let chunk = chunk_of(request.chunk)?;
         if request.length_bytes > MAX_CHUNK_SIZE_BYTES {
             return Err(invalid(format!("{chunk}: truncate to {} bytes", request.length_bytes)));
         }
+        let gate = self.gates.read(&request.chain_id).await;
         let chain = self.chain(request.chain_id, request.chain_version).await?;
         let position = self.position(&chain)?;
         let forwarded = request.chunk_version != 0;
@@ -454,9 +466,25 @@ impl DataNode {
                 "truncates enter at the head",
             ));
         }
-        let successor = self.successor(&chain, position)?;
-        let next = Self::next_version(&chain, &chunk, request.prior_chunk_version, request.chunk_version)?;
-        let _guard = self.locks.write(&chunk).await;
+        let guard = self.locks.write(&chunk).await;
+        let node = self.clone();
+        detached((gate, guard), async move {
+            node.apply_truncate(&chain, chunk, request).await
+        })
+        .await
+    }
+
+    /// Applies a checked truncate (or removal) here and forwards it down the chain. The
+    /// caller holds the chunk's lock.
+    async fn apply_truncate(
+        &self,
+        chain: &ChainInfo,
+        chunk: ChunkId,
+        request: pb::TruncateRequest,
+    ) -> Result<pb::TruncateReply, Status> {
+        let position = self.position(chain)?;
+        let successor = self.successor(chain, position)?;
+        let next = Self::next_version(chain, &chunk, request.prior_chunk_version, request.chunk_version)?;
         let (chain_id, dirty) = (chain.id, successor.is_some());
         // Durable at once, dirty mark included: a client does not fsync a truncate, and a
         // member that forgot one after a crash would hold bytes the others do not.
@@ -474,7 +502,7 @@ impl DataNode {
             }
         };
         let (request, prior, version) = self
-            .change_here(&chain, chunk, successor.as_ref(), next, request, change)
+            .change_here(chain, chunk, successor.as_ref(), next, request, change)
             .await?;
         if let Some((next, address)) = successor {
             let mut forward = request;
@@ -483,7 +511,7 @@ impl DataNode {
             let mut call = tonic::Request::new(forward);
             call.set_timeout(FORWARD_TIMEOUT);
             let reply = self.peers.client(&address)?.truncate(call).await.map(|_| ());
-            self.settle_forward(&chain, chunk, next, &address, reply).await?;
+            self.settle_forward(chain, chunk, next, &address, reply).await?;
         }
         Ok(pb::TruncateReply { chunk_version: version })
     }
@@ -593,11 +621,12 @@ impl DataNode {
 
     /// Receives a whole-chunk copy from the member before this one.
     pub async fn receive_copy(
-        &self,
+        self: &Arc<Self>,
         mut stream: tonic::Streaming<pb::ChunkCopy>,
     ) -> Result<pb::ChunkCopyReply, Status> {
         let header = stream.next().await.ok_or_else(|| invalid("empty chunk copy"))??;
         let chunk = chunk_of(header.chunk)?;
+        let gate = self.gates.read(&header.chain_id).await;
         let chain = self.chain(header.chain_id, header.chain_version).await?;
         let position = self.position(&chain)?;
         // Copies replace what is here, so only a complete (serving) predecessor sends them
@@ -652,7 +681,24 @@ impl DataNode {
         if !complete {
             return Err(invalid(format!("{chunk}: copy ended before its last piece")));
         }
-        let _guard = self.locks.write(&chunk).await;
+        let guard = self.locks.write(&chunk).await;
+        let node = self.clone();
+        detached((gate, guard), async move {
+            node.install_copy(&chain, position, chunk, &header, incoming).await
+        })
+        .await
+    }
+
+    /// Puts a received copy (or its absence) in place, and sends it on if the sender asked.
+    /// The caller holds the chunk's lock.
+    async fn install_copy(
+        &self,
+        chain: &ChainInfo,
+        position: usize,
+        chunk: ChunkId,
+        header: &pb::ChunkCopy,
+        incoming: Option<IncomingCopy>,
+    ) -> Result<pb::ChunkCopyReply, Status> {
         let (chain_id, version, length) = (chain.id, header.chunk_version, header.length_bytes);
         // The sender is upstream and holds its lock: its state is the chain's, so it
         // replaces whatever this member holds, newer-looking versions included.
@@ -668,9 +714,9 @@ impl DataNode {
                 .map_err(from_store)?,
         }
         if header.forward
-            && let Some((next, address)) = self.successor(&chain, position)?
+            && let Some((next, address)) = self.successor(chain, position)?
         {
-            self.push_copy(&chain, chunk, next, &address, true).await?;
+            self.push_copy(chain, chunk, next, &address, true).await?;
         }
         self.blocking(move |store| store.mark_clean(chunk))
             .await
@@ -848,6 +894,24 @@ impl DataNode {
 }
 
 /// A downstream member's failure, named, for the member upstream and the client.
+/// Runs a chain change in a task of its own that holds `guards` (the chain's gate, the
+/// chunk's lock) until it ends: a caller that gives up (a client's deadline, a dropped
+/// connection) must not let go of them while the change is still landing in the store or
+/// travelling down the chain. The task starts at once; awaiting its outcome is optional.
+fn detached<T: Send + 'static>(
+    guards: (ReadGuard<u64>, WriteGuard<ChunkId>),
+    change: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> impl Future<Output = Result<T, Status>> {
+    let task = tokio::spawn(async move {
+        let _guards = guards;
+        change.await
+    });
+    async move {
+        task.await
+            .unwrap_or_else(|error| Err(Status::internal(format!("a chain change's task failed: {error}"))))
+    }
+}
+
 fn downstream(status: Status, data_service: u64, address: &str) -> Status {
     match status.code() {
         // Errors the client acts on (stale chain, errno) pass through unchanged.

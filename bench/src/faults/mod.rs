@@ -123,6 +123,9 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
     let mut cluster = FaultCluster::start(&binary, &root).await?;
     let outcome = inject_and_check(&mut cluster, &args, seed).await;
     let logs = cluster.logs();
+    if outcome.as_ref().map_or(true, Summary::failed) {
+        keep_logs(&root);
+    }
     cluster.stop();
     let summary = outcome.map_err(|error| error.context(logs.clone()))?;
     println!("FAULTS-SUMMARY {}", summary.json());
@@ -137,6 +140,30 @@ pub async fn run(args: FaultArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Copies a failed run's logs out of its cluster directory (which `stop` removes, data and
+/// all) to `ROOT-logs`, so the whole history of every process can be read afterwards.
+fn keep_logs(root: &std::path::Path) {
+    let kept = root.with_file_name(format!(
+        "{}-logs",
+        root.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    if std::fs::create_dir_all(&kept).is_err() {
+        return;
+    }
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
+        }
+    }
+    println!(
+        "faults: the run failed; every process's log is kept in {}",
+        kept.display()
+    );
 }
 
 async fn inject_and_check(cluster: &mut FaultCluster, args: &FaultArgs, seed: u64) -> anyhow::Result<Summary> {
