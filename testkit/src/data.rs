@@ -57,7 +57,11 @@ impl ShoalCluster {
             let disk = cluster.registry.root().join(format!("data-{}", cluster.data.len() + 1));
             cluster.add_data_service(vec![disk])?;
         }
-        cluster.wait_for_data_services(Duration::from_secs(60)).await?;
+        if let Err(error) = cluster.wait_for_data_services(Duration::from_secs(60)).await {
+            let logs = cluster.logs();
+            cluster.stop_all();
+            anyhow::bail!("{error:#}\n{logs}");
+        }
         Ok(cluster)
     }
 
