@@ -16,6 +16,16 @@ pub use batch::{BatchOp, WriteBatch};
 pub use error::EngineError;
 pub use rocks::{RocksEngine, RocksOptions};
 
+/// Opens (creating if missing) the engine at `path` with exactly the key spaces `spaces`.
+/// The one place that picks the implementation: callers hold the trait, never RocksDB.
+pub fn open(
+    path: &std::path::Path,
+    spaces: &[&'static str],
+    tuning: &RocksOptions,
+) -> Result<Box<dyn KvEngine>, EngineError> {
+    Ok(Box::new(RocksEngine::open(path, spaces, tuning)?))
+}
+
 /// Whether a write must reach stable storage before [`KvEngine::write`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {

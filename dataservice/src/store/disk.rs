@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shoal_engine::{KvEngine, RocksEngine, RocksOptions, ScanControl, WriteBatch};
+use shoal_engine::{KvEngine, RocksOptions, ScanControl, WriteBatch};
 
 use super::meta::{
     self, ChunkId, ChunkMeta, CrcGroup, SPACE_BY_CHAIN, SPACE_CHUNKS, SPACE_CRCS, SPACE_DIRTY, SPACE_INSTALLS,
@@ -67,7 +67,7 @@ impl Disk {
             block_cache_size_bytes: 32 << 20,
             ..RocksOptions::default()
         };
-        let engine = RocksEngine::open(&root.join("meta"), SPACES, &tuning)?;
+        let engine = shoal_engine::open(&root.join("meta"), SPACES, &tuning)?;
         // Every chunk subdirectory exists, durably, before any chunk is created: a synced
         // write to a new chunk then only needs its own directory entry made durable.
         let mut created_any = false;
@@ -88,7 +88,7 @@ impl Disk {
         Ok(Disk {
             root: root.to_path_buf(),
             chunk_dir,
-            engine: Box::new(engine),
+            engine,
             next_incoming: AtomicU64::new(0),
             direct_io,
         })

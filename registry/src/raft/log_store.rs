@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
-use shoal_engine::{Durability, KvEngine, KvRead, RocksEngine, RocksOptions, ScanControl, WriteBatch};
+use shoal_engine::{Durability, KvEngine, RocksOptions, ScanControl, WriteBatch};
 
 use super::{Entry, LogId, TypeConfig, Vote, decode, encode, io_error};
 
@@ -61,14 +61,14 @@ impl LogCounters {
 
 #[derive(Clone)]
 pub struct LogStore {
-    engine: Arc<RocksEngine>,
+    engine: Arc<dyn KvEngine>,
     flushes: SyncSender<IOFlushed<TypeConfig>>,
     counters: Arc<LogCounters>,
 }
 
 impl LogStore {
     pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
-        let engine = Arc::new(RocksEngine::open(dir, LOG_SPACES, &RocksOptions::default())?);
+        let engine: Arc<dyn KvEngine> = Arc::from(shoal_engine::open(dir, LOG_SPACES, &RocksOptions::default())?);
         let (flushes, pending) = sync_channel(MAX_PENDING_FLUSHES);
         let counters = Arc::new(LogCounters::default());
         let (flusher_engine, flusher_counters) = (engine.clone(), counters.clone());
@@ -103,7 +103,7 @@ impl LogStore {
 }
 
 /// Syncs the log once per group of queued callbacks, then completes the whole group.
-fn run_flusher(engine: Arc<RocksEngine>, counters: Arc<LogCounters>, pending: Receiver<IOFlushed<TypeConfig>>) {
+fn run_flusher(engine: Arc<dyn KvEngine>, counters: Arc<LogCounters>, pending: Receiver<IOFlushed<TypeConfig>>) {
     // Ends when every LogStore clone (every sender) is gone.
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];

@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use shoal_engine::{Durability, KvEngine, KvRead, RocksEngine, RocksOptions, ScanControl, WriteBatch};
+use shoal_engine::{Durability, KvEngine, KvRead, RocksOptions, ScanControl, WriteBatch};
 
 use super::snapshot_file::{self, SnapshotData, SnapshotWriter};
 use super::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, decode, encode, io_error};
@@ -47,7 +47,7 @@ pub struct StateHandle {
 struct StateInner {
     state_dir: PathBuf,
     snapshot_dir: PathBuf,
-    engine: RwLock<Arc<RocksEngine>>,
+    engine: RwLock<Arc<dyn KvEngine>>,
     generation: Mutex<u64>,
     unique: AtomicU64,
     /// Snapshots received from a leader (InstallSnapshot) and installed.
@@ -60,8 +60,10 @@ fn generation_dir(state_dir: &Path, generation: u64) -> PathBuf {
     state_dir.join(format!("gen-{generation:06}"))
 }
 
-fn open_engine(path: &Path) -> io::Result<RocksEngine> {
-    RocksEngine::open(path, STATE_SPACES, &RocksOptions::default()).map_err(|e| io_error("open state", e))
+fn open_engine(path: &Path) -> io::Result<Arc<dyn KvEngine>> {
+    shoal_engine::open(path, STATE_SPACES, &RocksOptions::default())
+        .map(Arc::from)
+        .map_err(|e| io_error("open state", e))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -118,7 +120,7 @@ impl StateHandle {
             inner: Arc::new(StateInner {
                 state_dir,
                 snapshot_dir,
-                engine: RwLock::new(Arc::new(engine)),
+                engine: RwLock::new(engine),
                 generation: Mutex::new(generation),
                 unique: AtomicU64::new(0),
                 snapshots_received: AtomicU64::new(0),
@@ -128,7 +130,7 @@ impl StateHandle {
     }
 
     /// The live engine. Readers hold the returned handle for one request at most.
-    pub fn engine(&self) -> Arc<RocksEngine> {
+    pub fn engine(&self) -> Arc<dyn KvEngine> {
         self.inner.engine.read().expect("state lock poisoned").clone()
     }
 
@@ -296,10 +298,7 @@ impl StateHandle {
             publish(&data.path, &current)?;
         }
         write_current(&self.inner.state_dir, next)?;
-        let old = std::mem::replace(
-            &mut *self.inner.engine.write().expect("state lock poisoned"),
-            Arc::new(engine),
-        );
+        let old = std::mem::replace(&mut *self.inner.engine.write().expect("state lock poisoned"), engine);
         let old_dir = generation_dir(&self.inner.state_dir, *generation);
         *generation = next;
         drop(generation);
@@ -336,7 +335,7 @@ fn write_current(state_dir: &Path, generation: u64) -> io::Result<()> {
 }
 
 /// Closes a replaced engine once no reader holds it, then deletes its directory.
-fn retire(engine: Arc<RocksEngine>, dir: PathBuf) {
+fn retire(engine: Arc<dyn KvEngine>, dir: PathBuf) {
     let spawned = std::thread::Builder::new().name("retire-state".into()).spawn(move || {
         let poll = Duration::from_millis(100);
         let mut waited_ms = 0;

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::ReadPolicy;
 use openraft::errors::{ClientWriteError, ForwardToLeader, RaftError};
-use shoal_engine::RocksEngine;
+use shoal_engine::KvEngine;
 use shoal_proto::leader::{LeaderHint, not_leader_status};
 use tonic::Status;
 
@@ -82,7 +82,7 @@ impl RegistryCore {
 
     /// Waits until this node may serve a linearizable read, and returns the state to read.
     /// A request that asks for a local read gets this node's state at once.
-    pub async fn read_barrier<T>(&self, request: &tonic::Request<T>) -> Result<Arc<RocksEngine>, Status> {
+    pub async fn read_barrier<T>(&self, request: &tonic::Request<T>) -> Result<Arc<dyn KvEngine>, Status> {
         if is_local_read(request) {
             return Ok(self.state.engine());
         }
